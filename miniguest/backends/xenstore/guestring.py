@@ -23,6 +23,7 @@ class GuestRing:
         self.notified = 0          # times the server raised our event channel
         self.server_event: Callable[[], None] = lambda: None   # set to conn.on_event
         self._rx = bytearray()
+        self._pending: list[tuple[int, int, int, bytes]] = []
         self._req_id = 0
         for off in (W.XS_REQ_CONS, W.XS_REQ_PROD, W.XS_RSP_CONS, W.XS_RSP_PROD):
             self.put(off, start_index)
@@ -83,7 +84,7 @@ class GuestRing:
     def messages(self) -> list[tuple[int, int, int, bytes]]:
         """All complete messages received so far: (type, req_id, tx_id, payload)."""
         self._rx += self.pull()
-        out = []
+        out, self._pending = self._pending, []
         while len(self._rx) >= _HDR.size:
             t, r, x, n = _HDR.unpack_from(self._rx)
             if len(self._rx) < _HDR.size + n:
@@ -97,14 +98,17 @@ class GuestRing:
         """Send one request and return (reply type, payload); watch events seen meanwhile go to `events`."""
         req_id = self.send(msg_type, payload, tx_id)
         for _ in range(10000):
-            for t, r, x, body in self.messages():
-                if t == W.XS_WATCH_EVENT:
+            msgs = self.messages()
+            for i, (t, r, x, body) in enumerate(msgs):
+                if t != W.XS_WATCH_EVENT and r == req_id:
+                    rest = msgs[:i] + msgs[i + 1:]
                     if events is not None:
-                        path, token = body.split(b"\0")[:2]
-                        events.append((path, token))
-                    continue
-                if r == req_id:
+                        events.extend(tuple(m[3].split(b"\0")[:2]) for m in rest  # type: ignore[misc]
+                                      if m[0] == W.XS_WATCH_EVENT)
+                        rest = [m for m in rest if m[0] != W.XS_WATCH_EVENT]
+                    self._pending = rest + self._pending
                     return t, body
+            self._pending = msgs + self._pending
             self.server_event()   # tell the server we consumed output
         raise RuntimeError("no reply")
 
