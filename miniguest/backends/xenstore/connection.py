@@ -91,6 +91,7 @@ class Connection:
         self.out_pos = 0           # bytes of out[0] already sent
         self.out_bytes = 0         # bytes queued in total
         self.outstanding = 0       # replies queued and not fully sent
+        self._queued_events: dict[bytes, int] = {}   # for collapsing duplicate pending events
         self.closed = False
         self._after_reply: list[Callable[[], None]] = []
 
@@ -98,7 +99,9 @@ class Connection:
     def _queue(self, data: bytes, is_event: bool) -> None:
         self.out.append(_Out(data, is_event))
         self.out_bytes += len(data)
-        if not is_event:
+        if is_event:
+            self._queued_events[data] = self._queued_events.get(data, 0) + 1
+        else:
             self.outstanding += 1
         self.daemon.mark_dirty(self)
 
@@ -109,10 +112,8 @@ class Connection:
         if len(payload) > W.XENSTORE_PAYLOAD_MAX:
             return
         data = pack(W.XS_WATCH_EVENT, 0, 0, payload)
-        if not path.startswith("@"):
-            for i, item in enumerate(self.out):
-                if item.is_event and item.data == data and not (i == 0 and self.out_pos):
-                    return
+        if not path.startswith("@") and data in self._queued_events:
+            return
         if not self.privileged and self.out_bytes + len(data) > self.daemon.quotas.memory:
             return
         self._queue(data, True)
@@ -134,6 +135,10 @@ class Connection:
                 self.out_bytes -= len(head.data)
                 if not head.is_event:
                     self.outstanding -= 1
+                else:
+                    left = self._queued_events.pop(head.data) - 1
+                    if left:
+                        self._queued_events[head.data] = left
 
     def flush(self) -> None:
         """Push queued output to the transport; subclasses implement it."""
@@ -144,6 +149,7 @@ class Connection:
         self.watches.clear()
         self.transactions.clear()
         self.out.clear()
+        self._queued_events.clear()
         self.out_pos = self.out_bytes = self.outstanding = 0
 
     @property
