@@ -244,3 +244,30 @@ def test_dom0_callback_may_use_the_store(daemon):
     d.watch("/cb/in", cb)
     d.write("/cb/in", "hi")
     assert d.read("/cb/out") == b"hi!"
+
+
+def test_wire_introduce(daemon):
+    from miniguest.backends.xenstore.guestring import GuestRing
+    dom0 = make_guest(daemon, 0, populate=False)
+    assert err(dom0, W.XS_INTRODUCE, b"9\0" + b"4096\0" + b"3\0") == "EINVAL"   # no way to map its page
+    assert err(dom0, W.XS_INTRODUCE, b"9\0" + b"4096\0") == "EINVAL"
+    pages = {}
+
+    def map_interface(domid, mfn, port):
+        g = GuestRing()
+        pages[domid] = (g, mfn, port)
+        return g.page, g.notify
+    daemon.map_interface = map_interface
+    dom0.request(W.XS_WATCH, b"@introduceDomain\0i\0")
+    drain_events(dom0)
+    assert dom0.call(W.XS_INTRODUCE, "9", "4096", "3") == b"OK\0"
+    assert drain_events(dom0) == [(b"@introduceDomain", b"i")]
+    g, mfn, port = pages[9]
+    assert (mfn, port) == (4096, 3)
+    g.server_event = daemon.domains[9].on_event
+    assert g.call(W.XS_GET_DOMAIN_PATH, "9") == b"/local/domain/9\0"
+    # INTRODUCE of a known domain resets its connection (C xenstored's domain_conn_reset)
+    g.request(W.XS_WATCH, b"x\0t\0")
+    assert dom0.call(W.XS_INTRODUCE, "9", "4096", "3") == b"OK\0"
+    assert daemon.domains[9].watches == []
+    assert g.get(W.XS_REQ_PROD) == 0 and g.get(W.XS_CONNECTION) == W.XENSTORE_CONNECTED
