@@ -1,0 +1,162 @@
+"""The console daemon (xenconsoled's part) and the merged console log a user sees.
+
+`ConsoleBackend` serves one domain's xencons_interface page: on every notification it drains `out` to the
+host and pushes host input into `in`, following the ring's free-running index rules. A guest that moves the
+indexes out of range (prod - cons larger than the ring) gets reported once and its ring is no longer
+serviced; the guest and the host carry on.
+
+`ConsoleLog` is what `xl console` plus `xl dmesg` would show for one domain, merged: Xen guests (Mini-OS
+among them) send each line both through HYPERVISOR_console_io and through the ring, so lines that arrive
+from both sources are shown once, from whichever source delivered them first.
+"""
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Callable, Optional
+
+from miniguest.abi.console import (CONS_IN, CONS_IN_CONS, CONS_IN_PROD, CONS_OUT, CONS_OUT_CONS, CONS_OUT_PROD,
+                                   XENCONS_IN_SIZE, XENCONS_OUT_SIZE)
+
+_U32 = struct.Struct("<I")
+MASK32 = 0xFFFFFFFF
+
+
+class ConsoleBackend:
+    def __init__(self, page: memoryview, notify: Callable[[], None], output: Callable[[bytes], None],
+                 report: Callable[[str], None] = lambda msg: None) -> None:
+        self.page = page
+        self.notify = notify
+        self.output = output
+        self.report = report
+        self.pending_input = bytearray()
+        self.broken: Optional[str] = None
+        self.bytes_out = 0
+
+    def _get(self, off: int) -> int:
+        return _U32.unpack_from(self.page, off)[0]
+
+    def _set(self, off: int, value: int) -> None:
+        _U32.pack_into(self.page, off, value & MASK32)
+
+    def _fail(self, why: str) -> None:
+        if self.broken is None:
+            self.broken = why
+            self.report(f"console ring: {why}; no longer servicing it")
+
+    def on_event(self) -> None:
+        """The guest notified the console event channel."""
+        if self.broken:
+            return
+        notify = self._drain_out()
+        notify |= self._fill_in()
+        if notify and not self.broken:
+            self.notify()
+
+    def _drain_out(self) -> bool:
+        cons = self._get(CONS_OUT_CONS)
+        prod = self._get(CONS_OUT_PROD)
+        used = (prod - cons) & MASK32
+        if used > XENCONS_OUT_SIZE:
+            self._fail(f"guest moved the out indexes out of range (cons {cons:#x}, prod {prod:#x})")
+            return False
+        if not used:
+            return False
+        out = bytearray()
+        for i in range(used):
+            out.append(self.page[CONS_OUT + ((cons + i) % XENCONS_OUT_SIZE)])
+        self._set(CONS_OUT_CONS, cons + used)
+        self.bytes_out += used
+        self.output(bytes(out))
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """Host input for the guest (a terminal, a test)."""
+        self.pending_input += data
+        if not self.broken and self._fill_in():
+            self.notify()
+
+    def _fill_in(self) -> bool:
+        if not self.pending_input:
+            return False
+        cons = self._get(CONS_IN_CONS)
+        prod = self._get(CONS_IN_PROD)
+        used = (prod - cons) & MASK32
+        if used > XENCONS_IN_SIZE:
+            self._fail(f"guest moved the in indexes out of range (cons {cons:#x}, prod {prod:#x})")
+            return False
+        n = min(XENCONS_IN_SIZE - used, len(self.pending_input))
+        if n <= 0:
+            return False
+        for i in range(n):
+            self.page[CONS_IN + ((prod + i) % XENCONS_IN_SIZE)] = self.pending_input[i]
+        del self.pending_input[:n]
+        self._set(CONS_IN_PROD, prod + n)
+        return True
+
+
+HV = "hypervisor"
+RING = "ring"
+UNMATCHED_LINES = 4096
+
+
+class ConsoleLog:
+    """One domain's console output, merged from the hypervisor console and the PV console ring."""
+
+    def __init__(self, sinks: Optional[list[Callable[[bytes], None]]] = None) -> None:
+        self.sinks: list[Callable[[bytes], None]] = list(sinks or [])
+        self.raw: dict[str, bytearray] = {HV: bytearray(), RING: bytearray()}
+        self.merged = bytearray()
+        self._partial: dict[str, bytearray] = {HV: bytearray(), RING: bytearray()}
+        self._unmatched: dict[str, deque[bytes]] = {HV: deque(maxlen=UNMATCHED_LINES),
+                                                     RING: deque(maxlen=UNMATCHED_LINES)}
+
+    @staticmethod
+    def _key(line: bytes) -> bytes:
+        return line.rstrip(b"\r\n")
+
+    def write(self, source: str, data: bytes) -> None:
+        self.raw[source] += data
+        part = self._partial[source]
+        part += data
+        while True:
+            nl = part.find(b"\n")
+            if nl < 0:
+                break
+            line = bytes(part[:nl + 1])
+            del part[:nl + 1]
+            self._line(source, line)
+
+    def _line(self, source: str, line: bytes) -> None:
+        other = RING if source == HV else HV
+        key = self._key(line)
+        pending = self._unmatched[other]
+        for i, seen in enumerate(pending):
+            if seen == key:
+                for _ in range(i + 1):
+                    pending.popleft()
+                return
+        self._unmatched[source].append(key)
+        self._emit(line)
+
+    def flush(self) -> None:
+        """Show partial lines (a prompt without a newline) -- called when the guest goes idle or stops."""
+        for source in (HV, RING):
+            part = self._partial[source]
+            if part:
+                other = RING if source == HV else HV
+                key = self._key(bytes(part))
+                if self._unmatched[other] and self._unmatched[other][0].startswith(key) and key:
+                    part.clear()
+                    continue
+                self._emit(bytes(part))
+                part.clear()
+
+    def _emit(self, data: bytes) -> None:
+        self.merged += data
+        for sink in self.sinks:
+            sink(data)
+
+    @property
+    def text(self) -> str:
+        return self.merged.decode("utf-8", "replace").replace("\r\n", "\n")

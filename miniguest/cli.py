@@ -1,0 +1,202 @@
+"""`miniguest`: boot PV guests, list samples, talk to a running guest's xenstore.
+
+Exit status of `miniguest boot` (how the guest ended):
+  0 poweroff   3 crash     4 reboot    5 suspend   6 watchdog   7 instruction budget exhausted
+  8 hung (blocked with nothing to wake it)   9 bad image   1 other host error   2 usage   130 interrupted
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+EXIT_POWEROFF = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CRASH = 3
+EXIT_REBOOT = 4
+EXIT_SUSPEND = 5
+EXIT_WATCHDOG = 6
+EXIT_BUDGET = 7
+EXIT_HUNG = 8
+EXIT_BAD_IMAGE = 9
+EXIT_INTERRUPTED = 130
+SHUTDOWN_EXIT = {"poweroff": EXIT_POWEROFF, "reboot": EXIT_REBOOT, "suspend": EXIT_SUSPEND,
+                 "crash": EXIT_CRASH, "watchdog": EXIT_WATCHDOG, "soft_reset": EXIT_REBOOT}
+MAX_RESTARTS = 16
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"miniguest: {msg}\n")
+    sys.stderr.flush()
+
+
+def _resolve_image(arg: Optional[str]) -> tuple[str, dict]:
+    """IMAGE | CONFIG.cfg | SAMPLE -> (kernel path, options from a config file)."""
+    from miniguest import samples
+    from miniguest.xlcfg import parse_xl_config
+    arg = arg or samples.DEFAULT
+    if arg.endswith(".cfg") and os.path.exists(arg):
+        cfg = parse_xl_config(arg)
+        opts = {"memory_mib": cfg.memory, "cmdline": cfg.cmdline, "name": cfg.name, "module": cfg.ramdisk,
+                "on_poweroff": cfg.on_poweroff, "on_reboot": cfg.on_reboot, "on_crash": cfg.on_crash,
+                "on_watchdog": cfg.on_watchdog}
+        return cfg.kernel, {k: v for k, v in opts.items() if v is not None}
+    if not os.path.exists(arg) and samples.path(arg):
+        return samples.path(arg), {}        # type: ignore[return-value]
+    return arg, {}
+
+
+def add_domain_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", help="kernel ELF, xl.cfg-style file, or sample name (default: hello)")
+    p.add_argument("-m", "--memory", type=int, metavar="MiB", help="guest memory (default 32)")
+    p.add_argument("-c", "--cmdline", help="guest command line")
+    p.add_argument("--module", metavar="FILE", help="a module/ramdisk (start_info mod_start/mod_len)")
+    p.add_argument("--name", help="domain name")
+    p.add_argument("--max-insns", type=int, metavar="N", help="instruction budget (exit 7 when exhausted)")
+    p.add_argument("--scramble-mfns", action="store_true",
+                   help="give the guest machine frames in a shuffled order (catches pfn/mfn confusion)")
+    p.add_argument("--log-hypercalls", action="store_true", help="print every hypercall on stderr")
+    p.add_argument("--store-socket", metavar="PATH",
+                   help="serve the xenstore on a Unix socket (for xenstore-ls etc.: XENSTORED_PATH=PATH)")
+    p.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
+    p.add_argument("--console-log", metavar="FILE", help="also write the guest console to FILE")
+
+
+def build_from_args(args: argparse.Namespace, console_sinks: list):
+    from miniguest.toolstack import create_domain
+    kernel, opts = _resolve_image(args.image)
+    if args.memory is not None:
+        opts["memory_mib"] = args.memory
+    if args.cmdline is not None:
+        opts["cmdline"] = args.cmdline
+    if args.module is not None:
+        opts["module"] = args.module
+    if args.name is not None:
+        opts["name"] = args.name
+
+    def sink(data: bytes) -> None:
+        for s in console_sinks:
+            s(data)
+
+    actions = {k: opts.pop(k) for k in list(opts) if k.startswith("on_")}
+    dom = create_domain(kernel, max_instructions=args.max_insns, scramble_mfns=args.scramble_mfns,
+                        console_output=sink, store_socket=args.store_socket, **opts)
+    if args.log_hypercalls:
+        from miniguest.debug.hclog import HypercallLog
+        dom.hypercall_observers.append(HypercallLog(sys.stderr))
+    return dom, kernel, opts, actions
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from miniguest.hypervisor import domain as D
+    from miniguest.loader.elf import ImageError
+    from miniguest.xlcfg import ConfigError
+
+    sinks = []
+    if not args.quiet:
+        out = sys.stdout.buffer
+
+        def to_terminal(data: bytes) -> None:
+            out.write(data)
+            out.flush()
+        sinks.append(to_terminal)
+    log_file = None
+    if args.console_log:
+        try:
+            log_file = open(args.console_log, "ab")
+        except OSError as e:
+            _err(f"{args.console_log}: {e.strerror}")
+            return EXIT_ERROR
+        sinks.append(lambda data: (log_file.write(data), log_file.flush()))
+    restarts = 0
+    try:
+        while True:
+            try:
+                dom, kernel, opts, actions = build_from_args(args, sinks)
+            except ImageError as e:
+                _err(str(e))
+                return EXIT_BAD_IMAGE
+            except ConfigError as e:
+                _err(str(e))
+                return EXIT_ERROR
+            if not args.quiet and sys.stdin.isatty() is False and hasattr(sys.stdin, "fileno"):
+                pass
+            try:
+                state = dom.run()
+            except KeyboardInterrupt:
+                state = D.STOPPED
+            code = _report(dom, state)
+            reason = dom.shutdown_reason or ""
+            action = actions.get({"poweroff": "on_poweroff", "reboot": "on_reboot", "crash": "on_crash",
+                                  "watchdog": "on_watchdog"}.get(reason, ""), "")
+            dom.close()
+            if action == "restart" and state in (D.SHUTDOWN, D.CRASHED) and restarts < MAX_RESTARTS:
+                restarts += 1
+                _err(f"restarting the domain ({reason}, on_{reason}=restart)")
+                continue
+            return code
+    finally:
+        if log_file:
+            log_file.close()
+
+
+def _report(dom, state: str) -> int:
+    from miniguest.hypervisor import domain as D
+    if dom.crash_report:
+        sys.stderr.write(dom.crash_report + "\n")
+    if state == D.SHUTDOWN or (state == D.CRASHED and dom.shutdown_reason == "crash" and not dom.crash_report):
+        _err(f"domain {dom.name} shut down: {dom.shutdown_reason}")
+        return SHUTDOWN_EXIT.get(dom.shutdown_reason or "", EXIT_CRASH)
+    if state == D.CRASHED:
+        return EXIT_CRASH
+    if state == D.BUDGET:
+        _err(f"domain {dom.name}: instruction budget of {dom.config.max_instructions} exhausted")
+        return EXIT_BUDGET
+    if state == D.HUNG:
+        _err(f"domain {dom.name} is hung: blocked with no timer and no event source that could wake it")
+        return EXIT_HUNG
+    if state == D.STOPPED:
+        _err(f"domain {dom.name} stopped from the host")
+        return EXIT_INTERRUPTED
+    _err(f"domain {dom.name} ended in state {state}")
+    return EXIT_ERROR
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from miniguest import samples
+    for name, desc in samples.SAMPLES.items():
+        print(f"{name:10} {desc}")
+    return 0
+
+
+def cmd_store(argv: list[str]) -> int:
+    from miniguest.backends.xenstore.client import main as store_main
+    return store_main(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "store":
+        return cmd_store(argv[1:])
+    parser = argparse.ArgumentParser(prog="miniguest", description="A Xen hypervisor in Python for x86_64 PV guests.",
+                                     epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_boot = sub.add_parser("boot", help="boot a guest and show its console")
+    add_domain_options(p_boot)
+    p_boot.set_defaults(func=cmd_boot)
+    p_samples = sub.add_parser("samples", help="list the bundled sample guests")
+    p_samples.set_defaults(func=cmd_samples)
+    sub.add_parser("store", help="talk to a running guest's xenstore socket (see `miniguest store --help`)")
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Debugging aids: symbols from the kernel ELF, disassembly, crash reports, the gdb stub, traces."""

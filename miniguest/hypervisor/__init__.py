@@ -1,0 +1,1 @@
+"""The Xen side: domains, vCPUs on Unicorn, and one module per hypercall family."""

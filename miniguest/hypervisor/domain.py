@@ -1,0 +1,336 @@
+"""A domain: its memory, vCPUs, event channels, timers and lifecycle, and the loop that runs it.
+
+The run loop is single-threaded and deterministic. Each turn fires due timers, delivers pending events,
+arms the clock's deadline (next timer, instruction budget), and runs the vCPU until something stops it: a
+hook that blocks or shuts down, the clock, or a kick from another thread (pause, host input). When the vCPU
+is blocked, virtual time jumps straight to the next timer; with no timer and nothing on the host that could
+wake it, the domain is reported as hung instead of waiting forever.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import traceback
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from miniguest.abi.memory import E820_RAM
+from miniguest.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
+from miniguest.hypervisor.events import EventChannels
+from miniguest.hypervisor.host import Host
+from miniguest.hypervisor.memory import MachineMemory
+from miniguest.hypervisor.pagetable import FrameTable
+from miniguest.hypervisor.timers import Timers
+from miniguest.hypervisor.vclock import VirtualClock
+from miniguest.hypervisor.xen_area import XenArea, xen_frames_needed
+
+if TYPE_CHECKING:
+    from miniguest.hypervisor.vcpu import Vcpu
+    from miniguest.loader.elf import KernelImage
+
+log = logging.getLogger("miniguest")
+
+# Domain states.
+CREATED = "created"
+RUNNING = "running"
+PAUSED = "paused"
+SHUTDOWN = "shutdown"           # the guest asked (see shutdown_reason)
+CRASHED = "crashed"             # Xen crashed it, or it asked with SHUTDOWN_crash
+BUDGET = "budget"               # instruction budget exhausted
+HUNG = "hung"                   # blocked with nothing that could ever wake it
+STOPPED = "stopped"             # the host stopped it (Ctrl-C, API)
+FINAL_STATES = frozenset({SHUTDOWN, CRASHED, BUDGET, HUNG, STOPPED})
+MAX_GRANT_FRAMES = 32
+# With host input possible (a terminal, a socket), run slices end at least this often (instructions) so
+# the host side is serviced while a guest computes.
+HOST_POLL_SLICE = 2_000_000
+
+
+@dataclass
+class DomainConfig:
+    name: str = "guest"
+    memory_mib: int = 32
+    cmdline: str = ""
+    module: Optional[bytes] = None
+    scramble_mfns: bool = False
+    scramble_seed: int = 0x5EED
+    max_instructions: Optional[int] = None
+    wallclock: tuple[int, int] = (1767225600, 0)       # 2026-01-01T00:00:00Z at system time 0
+    uuid: Optional[str] = None
+    max_evtchn_ports: int = 1023
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Domain:
+    """One PV guest. Build it with `Domain.from_elf()` (or the loader's `build_domain`)."""
+
+    def __init__(self, config: DomainConfig, host: Optional[Host] = None) -> None:
+        self.config = config
+        self.host = host or Host()
+        self.domid = self.host.allocate_domid()
+        self.name = config.name
+        self.uuid = config.uuid or str(uuidlib.UUID(int=random.Random(config.name).getrandbits(128), version=4))
+        self.handle = uuidlib.UUID(self.uuid).bytes
+        self.nr_pages = config.memory_mib * 256
+        self.tot_pages = self.nr_pages
+        self.max_pages = self.nr_pages
+        nr_machine = self.nr_pages + MAX_GRANT_FRAMES + xen_frames_needed(self.nr_pages + MAX_GRANT_FRAMES)
+        self.mem = MachineMemory(nr_machine)
+        self.frames = FrameTable(self.mem)
+        # pfn -> mfn. Scrambled: a fixed pseudo-random permutation, so pfn/mfn confusion shows up.
+        mfns = list(range(self.nr_pages))
+        if config.scramble_mfns:
+            random.Random(config.scramble_seed).shuffle(mfns)
+        self.p2m = mfns
+        for mfn in mfns:
+            self.frames.owner[mfn] = self.domid
+        self.grant_frames = list(range(self.nr_pages, self.nr_pages + MAX_GRANT_FRAMES))
+        self.grant_nr_frames = 0
+        for mfn in self.grant_frames:
+            self.frames.owner[mfn] = self.domid
+        self.xen = XenArea(self.mem, self.frames, self.nr_pages + MAX_GRANT_FRAMES)
+        self.frames.owner[self.xen.shared_info_mfn] = self.domid     # shared with the guest
+        self.frames.install_xen_l4_slots = self.xen.install_l4_slots
+        for pfn, mfn in enumerate(mfns):
+            self.xen.set_m2p(mfn, pfn)
+        self._shared_info = self.mem.frame(self.xen.shared_info_mfn)
+        self.events = EventChannels(self, config.max_evtchn_ports)
+        self.timers = Timers()
+        self.watchdogs: dict[int, int] = {}
+        self.vm_assist = 0
+        self.vcpus: list["Vcpu"] = []
+        self.clock: VirtualClock
+        self.state = CREATED
+        self.shutdown_reason: Optional[str] = None
+        self.shutdown_code: Optional[int] = None
+        self.crash_report: Optional[str] = None
+        self.image: Optional["KernelImage"] = None
+        self.symbols = None
+        self.start_info_va = 0
+        self.layout = None
+        # Hooks for the toolstack, tracing and tests.
+        self.hv_console_sink: Callable[[bytes], None] = lambda data: None
+        self.hv_console_input = bytearray()
+        self.hypercall_observers: list[Any] = []
+        self.trace_sinks: list[Callable[[str, dict], None]] = []
+        self.fault_injector: Any = None
+        self.on_final: list[Callable[["Domain"], None]] = []
+        self.on_idle: list[Callable[[], None]] = []
+        self.messages: list[str] = []
+        self._logged: set[Any] = set()
+        self._pause_requested = threading.Event()
+        self.host.add_domain(self)
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_elf(cls, path: str, **options: Any) -> "Domain":
+        """Build a domain from a PV kernel ELF with the default dom0 daemons attached (console, xenstore).
+        Options: memory_mib, cmdline, module (bytes or path), name, scramble_mfns, max_instructions, ...;
+        console_output: a callable receiving console bytes (default: collected only)."""
+        from miniguest.toolstack import create_domain
+        return create_domain(path, **options)
+
+    def create_vcpus(self, count: int = 1) -> None:
+        from miniguest.hypervisor.hypercalls import load_families
+        from miniguest.hypervisor.vcpu import Vcpu
+        load_families()
+        for i in range(count):
+            self.vcpus.append(Vcpu(self, i))
+        self.clock = VirtualClock(self.vcpus[0].count_block)
+        self.clock.attach(self.vcpus[0].uc)
+
+    @property
+    def dom0_evtchn(self):
+        return self.host.dom0_evtchn
+
+    # -- shared info, time --------------------------------------------------------------------------------
+    def shared_info_view(self) -> memoryview:
+        return self._shared_info
+
+    def tsc_of(self, now_ns: int) -> int:
+        return now_ns                     # 1 GHz virtual TSC, starting at 0
+
+    def set_m2p(self, mfn: int, pfn: int) -> None:
+        self.xen.set_m2p(mfn, pfn)
+
+    def e820(self) -> list[tuple[int, int, int]]:
+        return [(0, self.nr_pages * 4096, E820_RAM)]
+
+    # -- hypervisor console -------------------------------------------------------------------------------
+    def hv_console_write(self, data: bytes) -> None:
+        self.emit("console", source="hypervisor", data=data)
+        self.hv_console_sink(data)
+
+    def hv_console_read(self, count: int) -> bytes:
+        data = bytes(self.hv_console_input[:count])
+        del self.hv_console_input[:count]
+        return data
+
+    # -- logging and tracing ------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        self.messages.append(message)
+        log.info("d%d: %s", self.domid, message)
+        self.emit("log", message=message)
+
+    def log_once(self, key: Any, message: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log(message)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self.trace_sinks:
+            for sink in self.trace_sinks:
+                sink(kind, fields)
+
+    def trace_exception(self, vcpu: "Vcpu", vector: int, error_code: Optional[int], rip: Optional[int],
+                        cr2: Optional[int], software: bool = False) -> None:
+        if self.trace_sinks:
+            self.emit("exception", vcpu=vcpu.id, vector=vector, error_code=error_code, rip=rip, cr2=cr2,
+                      software=software)
+
+    def trace_upcall(self, vcpu: "Vcpu") -> None:
+        if self.trace_sinks:
+            self.emit("upcall", vcpu=vcpu.id)
+
+    def trace_timer(self, vcpu: "Vcpu", why: str) -> None:
+        if self.trace_sinks:
+            self.emit("timer", vcpu=vcpu.id, kind=why)
+
+    def trace_privop(self, vcpu: "Vcpu", rip: int, insn: bytes) -> None:
+        if self.trace_sinks:
+            self.emit("privop", vcpu=vcpu.id, rip=rip, insn=insn)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def shutdown(self, reason: int, vcpu: Optional["Vcpu"]) -> None:
+        if self.finished:
+            return
+        self.shutdown_code = reason if self.shutdown_code is None else self.shutdown_code
+        name = SHUTDOWN_NAMES.get(reason, f"reason {reason}")
+        self.shutdown_reason = name
+        self.state = CRASHED if reason == SHUTDOWN_crash else SHUTDOWN
+        if reason == SHUTDOWN_crash and vcpu is not None:
+            from miniguest.debug.crash import crash_report
+            self.crash_report = crash_report(self, vcpu, "the guest asked to crash (SHUTDOWN_crash)")
+        self.emit("shutdown", reason=name)
+        self._stop_cpu(vcpu)
+
+    def crash(self, why: str, vcpu: Optional["Vcpu"]) -> None:
+        """Xen's domain_crash: the guest did something Xen cannot let it continue from."""
+        if self.finished:
+            return
+        self.state = CRASHED
+        self.shutdown_reason = "crash"
+        from miniguest.debug.crash import crash_report
+        self.crash_report = crash_report(self, vcpu, why)
+        self.emit("crash", why=why)
+        self._stop_cpu(vcpu)
+
+    def internal_error(self, exc: BaseException, vcpu: Optional["Vcpu"]) -> None:
+        """A bug in miniguest. The domain stops with a report; the traceback goes to the log, not the user."""
+        log.debug("internal error", exc_info=exc)
+        self.internal_traceback = "".join(traceback.format_exception(exc))
+        self.crash(f"miniguest internal error: {type(exc).__name__}: {exc}", vcpu)
+
+    def _stop_cpu(self, vcpu: Optional["Vcpu"]) -> None:
+        for v in self.vcpus:
+            v.uc.emu_stop()
+
+    def pause(self) -> None:
+        """Ask a running domain to pause at the next opportunity (safe from any thread)."""
+        self._pause_requested.set()
+        self.kick()
+
+    def kick(self) -> None:
+        for v in self.vcpus:
+            try:
+                v.uc.emu_stop()
+            except Exception:
+                pass
+
+    # -- the run loop -------------------------------------------------------------------------------------
+    def run(self, until: Optional[Callable[["Domain"], bool]] = None) -> str:
+        """Run until the domain reaches a final state (or `until(domain)` is true, or a pause request).
+        Returns the state."""
+        if self.finished:
+            return self.state
+        self.state = RUNNING
+        self.host.loop.set_kick(self.kick)
+        vcpu = self.vcpus[0]
+        clock = self.clock
+        budget = self.config.max_instructions
+        try:
+            while self.state == RUNNING:
+                if self._pause_requested.is_set():
+                    self._pause_requested.clear()
+                    self.state = PAUSED
+                    break
+                self.timers.run_due(clock.now_ns())
+                if vcpu.blocked:
+                    if not self._idle(vcpu):
+                        break
+                    continue
+                if until is not None and until(self):
+                    self.state = PAUSED
+                    break
+                if vcpu.started:
+                    vcpu.deliver_events()
+                deadline = self.timers.next_deadline()
+                if budget is not None:
+                    budget_ns = clock.idle_ns + budget
+                    deadline = budget_ns if deadline is None else min(deadline, budget_ns)
+                if self.host.loop.has_readers:
+                    limit = clock.now_ns() + HOST_POLL_SLICE
+                    deadline = limit if deadline is None else min(deadline, limit)
+                clock.set_deadline(deadline)
+                vcpu.run_slice()
+                if vcpu.pending_intercepts:
+                    vcpu.install_intercepts()
+                if budget is not None and clock.icount >= budget and self.state == RUNNING:
+                    self.state = BUDGET
+                    self.log(f"instruction budget of {budget} exhausted")
+                    break
+                self.host.loop.poll(0)
+        except KeyboardInterrupt:
+            self.state = STOPPED
+        finally:
+            self.host.loop.set_kick(None)
+        if self.finished:
+            for cb in self.on_final:
+                cb(self)
+        return self.state
+
+    def _idle(self, vcpu: "Vcpu") -> bool:
+        """The vCPU is blocked: advance virtual time to the next deadline, or wait for the host."""
+        if vcpu.poll_deadline is not None and self.clock.now_ns() >= vcpu.poll_deadline:
+            vcpu.unblock()
+            return True
+        deadline = self.timers.next_deadline()
+        if vcpu.poll_deadline is not None:
+            deadline = vcpu.poll_deadline if deadline is None else min(deadline, vcpu.poll_deadline)
+        if self.host.loop.poll(0):
+            return True
+        for cb in self.on_idle:
+            cb()
+        if deadline is not None:
+            self.emit("idle", until=deadline)
+            self.clock.skip_to(deadline)
+            return True
+        if self.host.loop.has_readers:
+            self.host.loop.poll(None)
+            return True
+        self.state = HUNG
+        self.log("the guest is blocked with no timer armed and no event source that could wake it")
+        return False
+
+    def close(self) -> None:
+        self.host.remove_domain(self)

@@ -1,0 +1,404 @@
+"""Event channels, 2-level ABI: ports, bindings, and the pending/mask bits that live in guest memory.
+
+The pending and mask bitmaps and the per-vCPU selector word are in the shared_info page, which the guest
+writes at will; every operation reads them from guest memory at the moment it needs them (never a Python
+copy). Raising a port follows Xen's evtchn_2l_set_pending: set the pending bit; if it was clear and the port
+is unmasked and the selector bit was clear, set the selector bit and the vCPU's upcall_pending. The vCPU then
+takes an upcall at its next return to the guest, or wakes up if it was blocked.
+
+dom0's daemons are the other end of interdomain channels. They do not run in a guest: a dom0 port is a
+Python callback, called when the guest sends on the connected port (see `Dom0Evtchn`).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
+
+from miniguest.abi import errno
+from miniguest.abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
+                                         EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
+from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING, VI_PENDING_SEL, VI_UPCALL_PENDING
+from miniguest.abi.xen import DOMID_SELF, NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES
+
+if TYPE_CHECKING:
+    from miniguest.hypervisor.domain import Domain
+
+_U64 = struct.Struct("<Q")
+DEFAULT_MAX_PORTS = 1023        # xl's default max_event_channels
+
+
+class EvtchnError(Exception):
+    def __init__(self, err: int, why: str = "") -> None:
+        super().__init__(why or errno.name(err))
+        self.err = err
+
+
+@dataclass
+class Port:
+    state: int = EVTCHNSTAT_closed
+    vcpu: int = 0                   # vCPU notified when the port is raised
+    remote_dom: int = 0             # unbound: who may bind; interdomain: the peer domain
+    remote_port: int = 0            # interdomain: the peer's port
+    virq: int = -1
+
+    def describe(self) -> str:
+        if self.state == EVTCHNSTAT_unbound:
+            return f"unbound (for d{self.remote_dom})"
+        if self.state == EVTCHNSTAT_interdomain:
+            return f"interdomain d{self.remote_dom}:{self.remote_port}"
+        if self.state == EVTCHNSTAT_virq:
+            return f"virq {VIRQ_NAMES.get(self.virq, self.virq)}"
+        if self.state == EVTCHNSTAT_ipi:
+            return "ipi"
+        return "closed"
+
+
+@dataclass
+class _Dom0Port:
+    domid: int
+    guest_port: Optional[int]          # None while unbound
+    on_event: Callable[[], None]
+
+
+class Dom0Evtchn:
+    """dom0's end of event channels, as libxenevtchn gives a daemon: bind, notify, get called back.
+
+    A backend either binds to a port the toolstack allocated in the guest for dom0 (`bind_interdomain`, as
+    xenconsoled and xenstored do for the console and store rings) or allocates an unbound dom0 port that the
+    guest binds to with EVTCHNOP_bind_interdomain (`alloc_unbound`). `notify(local_port)` raises the guest's
+    end; `on_event()` is called when the guest sends on its end.
+    """
+
+    def __init__(self) -> None:
+        self.domains: dict[int, "Domain"] = {}
+        self._ports: dict[int, _Dom0Port] = {}
+        self._next = 1
+
+    def _new_local(self, rec: _Dom0Port) -> int:
+        local = self._next
+        self._next += 1
+        self._ports[local] = rec
+        return local
+
+    def bind_interdomain(self, domid: int, remote_port: int, on_event: Callable[[], None]) -> int:
+        dom = self.domains.get(domid)
+        if dom is None:
+            raise EvtchnError(-errno.ESRCH, f"no domain {domid}")
+        local = self._new_local(_Dom0Port(domid, remote_port, on_event))
+        try:
+            dom.events.connect_dom0(remote_port, local)
+        except EvtchnError:
+            del self._ports[local]
+            raise
+        return local
+
+    def alloc_unbound(self, domid: int, on_event: Callable[[], None]) -> int:
+        return self._new_local(_Dom0Port(domid, None, on_event))
+
+    def bind_from_guest(self, domid: int, local: int, guest_port: int) -> None:
+        """The guest bound `guest_port` to our unbound `local` (EVTCHNOP_bind_interdomain)."""
+        rec = self._ports.get(local)
+        if rec is None or rec.guest_port is not None or rec.domid != domid:
+            raise EvtchnError(-errno.EINVAL, f"dom0 port {local} is not unbound for d{domid}")
+        rec.guest_port = guest_port
+
+    def notify(self, local_port: int) -> None:
+        rec = self._ports.get(local_port)
+        if rec is None or rec.guest_port is None:
+            return
+        dom = self.domains.get(rec.domid)
+        if dom is not None:
+            dom.events.raise_from_remote(rec.guest_port, 0, local_port)
+
+    def unbind(self, local_port: int) -> None:
+        rec = self._ports.pop(local_port, None)
+        if rec is not None and rec.guest_port is not None:
+            dom = self.domains.get(rec.domid)
+            if dom is not None:
+                dom.events.disconnect_dom0(rec.guest_port, local_port)
+
+    def deliver(self, local_port: int) -> None:
+        """The guest sent on the port connected to our local_port."""
+        rec = self._ports.get(local_port)
+        if rec is not None:
+            rec.on_event()
+
+    def guest_closed(self, domid: int, local_port: int) -> None:
+        """The guest closed its end: our port goes back to unbound, as in Xen."""
+        rec = self._ports.get(local_port)
+        if rec is not None and rec.domid == domid:
+            rec.guest_port = None
+
+    def describe(self, local_port: int) -> str:
+        rec = self._ports.get(local_port)
+        if rec is None:
+            return "closed"
+        return f"d{rec.domid}:{rec.guest_port}" if rec.guest_port is not None else f"unbound for d{rec.domid}"
+
+
+class EventChannels:
+    """One domain's event channel table (2-level ABI)."""
+
+    def __init__(self, domain: "Domain", max_ports: int = DEFAULT_MAX_PORTS) -> None:
+        self.domain = domain
+        self.max_ports = min(max_ports, NR_EVENT_CHANNELS - 1)
+        self.ports: dict[int, Port] = {}
+        self.virq_ports: dict[tuple[int, int], int] = {}    # (vcpu, virq) -> port
+        self.on_raise: list[Callable[[int, str], None]] = []   # trace hooks: (port, what)
+
+    # -- guest memory bits --------------------------------------------------------------------------------
+    def _si(self):
+        return self.domain.shared_info_view()
+
+    def _bit(self, base: int, port: int) -> tuple[int, int]:
+        return base + (port // 64) * 8, 1 << (port % 64)
+
+    def test_pending(self, port: int) -> bool:
+        off, m = self._bit(SI_EVTCHN_PENDING, port)
+        return bool(_U64.unpack_from(self._si(), off)[0] & m)
+
+    def test_masked(self, port: int) -> bool:
+        off, m = self._bit(SI_EVTCHN_MASK, port)
+        return bool(_U64.unpack_from(self._si(), off)[0] & m)
+
+    def _test_and_set(self, off: int, m: int) -> bool:
+        si = self._si()
+        v = _U64.unpack_from(si, off)[0]
+        if v & m:
+            return True
+        _U64.pack_into(si, off, v | m)
+        return False
+
+    def _test_and_clear(self, off: int, m: int) -> bool:
+        si = self._si()
+        v = _U64.unpack_from(si, off)[0]
+        if not v & m:
+            return False
+        _U64.pack_into(si, off, v & ~m)
+        return True
+
+    def set_pending(self, port: int) -> None:
+        """Xen's evtchn_2l_set_pending: the guest-visible effect of raising `port`."""
+        p = self.ports.get(port)
+        vcpu_id = p.vcpu if p else 0
+        for cb in self.on_raise:
+            cb(port, "raise")
+        off, m = self._bit(SI_EVTCHN_PENDING, port)
+        if self._test_and_set(off, m):
+            return
+        vcpu = self.domain.vcpus[vcpu_id] if vcpu_id < len(self.domain.vcpus) else self.domain.vcpus[0]
+        vcpu.poll_wakeup(port)
+        if self.test_masked(port):
+            return
+        self._mark_selector(vcpu, port)
+
+    def _mark_selector(self, vcpu, port: int) -> None:
+        vi = vcpu.vcpu_info_offset
+        si = self._si() if vcpu.vcpu_info_view is None else vcpu.vcpu_info_view
+        sel_off = vi + VI_PENDING_SEL
+        sel = _U64.unpack_from(si, sel_off)[0]
+        word = 1 << (port // 64)
+        if sel & word:
+            return
+        _U64.pack_into(si, sel_off, sel | word)
+        vcpu.mark_events_pending()
+
+    # -- allocation ---------------------------------------------------------------------------------------
+    def _alloc(self) -> int:
+        for port in range(1, self.max_ports + 1):
+            if port not in self.ports:
+                self.ports[port] = Port()
+                return port
+        raise EvtchnError(-errno.ENOSPC, "no free event channel ports")
+
+    def _get(self, port: int) -> Port:
+        p = self.ports.get(port)
+        if p is None or not 0 < port <= self.max_ports:
+            raise EvtchnError(-errno.EINVAL, f"port {port} is not open")
+        return p
+
+    def _check_vcpu(self, vcpu: int) -> None:
+        if not 0 <= vcpu < len(self.domain.vcpus):
+            raise EvtchnError(-errno.ENOENT, f"no vCPU {vcpu}")
+
+    def _resolve_dom(self, dom: int) -> int:
+        return self.domain.domid if dom == DOMID_SELF else dom
+
+    # -- operations (EVTCHNOP_*) --------------------------------------------------------------------------
+    def alloc_unbound(self, dom: int, remote_dom: int) -> int:
+        if self._resolve_dom(dom) != self.domain.domid:
+            raise EvtchnError(-errno.EPERM, "only a privileged domain may allocate ports in another domain")
+        remote = self._resolve_dom(remote_dom)
+        port = self._alloc()
+        p = self.ports[port]
+        p.state = EVTCHNSTAT_unbound
+        p.remote_dom = remote
+        return port
+
+    def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
+        """Bind to a port another domain (or dom0, or ourselves) left unbound for us."""
+        remote = self._resolve_dom(remote_dom)
+        if remote == self.domain.domid:
+            rp = self.ports.get(remote_port)
+            if rp is None or rp.state != EVTCHNSTAT_unbound or rp.remote_dom != self.domain.domid:
+                raise EvtchnError(-errno.EINVAL, f"port {remote_port} is not unbound for d{self.domain.domid}")
+            port = self._alloc()
+            p = self.ports[port]
+            p.state, p.remote_dom, p.remote_port = EVTCHNSTAT_interdomain, remote, remote_port
+            rp.state, rp.remote_dom, rp.remote_port = EVTCHNSTAT_interdomain, remote, port
+            return port
+        if remote == 0:
+            dom0 = self.domain.dom0_evtchn
+            port = self._alloc()
+            try:
+                dom0.bind_from_guest(self.domain.domid, remote_port, port)
+            except EvtchnError:
+                del self.ports[port]
+                raise
+            p = self.ports[port]
+            p.state, p.remote_dom, p.remote_port = EVTCHNSTAT_interdomain, 0, remote_port
+            return port
+        raise EvtchnError(-errno.ESRCH, f"no domain {remote}")
+
+    def bind_virq(self, virq: int, vcpu: int) -> int:
+        if not 0 <= virq < NR_VIRQS:
+            raise EvtchnError(-errno.EINVAL, f"VIRQ {virq} out of range")
+        if virq not in PER_VCPU_VIRQS and vcpu != 0:
+            raise EvtchnError(-errno.EINVAL, f"global VIRQ {virq} must be bound on vCPU 0")
+        self._check_vcpu(vcpu)
+        if (vcpu, virq) in self.virq_ports:
+            raise EvtchnError(-errno.EEXIST, f"VIRQ {virq} already bound on vCPU {vcpu}")
+        port = self._alloc()
+        p = self.ports[port]
+        p.state, p.virq, p.vcpu = EVTCHNSTAT_virq, virq, vcpu
+        self.virq_ports[(vcpu, virq)] = port
+        return port
+
+    def bind_ipi(self, vcpu: int) -> int:
+        self._check_vcpu(vcpu)
+        port = self._alloc()
+        p = self.ports[port]
+        p.state, p.vcpu = EVTCHNSTAT_ipi, vcpu
+        return port
+
+    def close(self, port: int) -> None:
+        p = self._get(port)
+        if p.state == EVTCHNSTAT_virq:
+            self.virq_ports.pop((p.vcpu, p.virq), None)
+        elif p.state == EVTCHNSTAT_interdomain:
+            if p.remote_dom == self.domain.domid:
+                rp = self.ports.get(p.remote_port)
+                if rp is not None and rp.state == EVTCHNSTAT_interdomain:
+                    rp.state, rp.remote_dom, rp.remote_port = EVTCHNSTAT_unbound, self.domain.domid, 0
+            elif p.remote_dom == 0:
+                self.domain.dom0_evtchn.guest_closed(self.domain.domid, p.remote_port)
+        del self.ports[port]
+        # Xen clears nothing in the guest's bitmaps on close; the port just stops being raised.
+
+    def send(self, port: int) -> None:
+        p = self._get(port)
+        if p.state == EVTCHNSTAT_interdomain:
+            if p.remote_dom == self.domain.domid:
+                self.set_pending(p.remote_port)
+            elif p.remote_dom == 0:
+                for cb in self.on_raise:
+                    cb(port, "send")
+                self.domain.dom0_evtchn.deliver(p.remote_port)
+            return
+        if p.state == EVTCHNSTAT_ipi:
+            self.set_pending(port)
+            return
+        if p.state == EVTCHNSTAT_unbound:
+            return                      # nobody listening yet: Xen drops it silently
+        raise EvtchnError(-errno.EINVAL, f"cannot send on a {p.describe()} port")
+
+    def status(self, dom: int, port: int) -> tuple[int, int, int, int]:
+        """(status, vcpu, u0, u1) as evtchn_status reports them."""
+        if self._resolve_dom(dom) != self.domain.domid:
+            raise EvtchnError(-errno.EPERM, "status of another domain's port")
+        if not 0 <= port <= self.max_ports:
+            raise EvtchnError(-errno.EINVAL, f"port {port} out of range")
+        p = self.ports.get(port)
+        if p is None:
+            return EVTCHNSTAT_closed, 0, 0, 0
+        if p.state == EVTCHNSTAT_unbound:
+            return p.state, p.vcpu, p.remote_dom, 0
+        if p.state == EVTCHNSTAT_interdomain:
+            return p.state, p.vcpu, p.remote_dom, p.remote_port
+        if p.state == EVTCHNSTAT_virq:
+            return p.state, p.vcpu, p.virq, 0
+        return p.state, p.vcpu, 0, 0
+
+    def unmask(self, port: int) -> None:
+        """Xen's evtchn_2l_unmask: clear the mask; if pending, re-raise the selector/upcall."""
+        if not 0 <= port <= self.max_ports or port not in self.ports:
+            raise EvtchnError(-errno.EINVAL, f"port {port} is not open")
+        off, m = self._bit(SI_EVTCHN_MASK, port)
+        if self._test_and_clear(off, m) and self.test_pending(port):
+            p = self.ports[port]
+            vcpu = self.domain.vcpus[p.vcpu]
+            self._mark_selector(vcpu, port)
+
+    def bind_vcpu(self, port: int, vcpu: int) -> None:
+        p = self._get(port)
+        self._check_vcpu(vcpu)
+        if p.state == EVTCHNSTAT_virq and p.virq in PER_VCPU_VIRQS:
+            raise EvtchnError(-errno.EINVAL, "per-vCPU VIRQs cannot be rebound")
+        if p.state not in (EVTCHNSTAT_virq, EVTCHNSTAT_unbound, EVTCHNSTAT_interdomain):
+            raise EvtchnError(-errno.EINVAL, f"cannot rebind a {p.describe()} port")
+        if p.state == EVTCHNSTAT_virq:
+            self.virq_ports.pop((p.vcpu, p.virq), None)
+            self.virq_ports[(vcpu, p.virq)] = port
+        p.vcpu = vcpu
+
+    def reset(self, dom: int) -> None:
+        if self._resolve_dom(dom) != self.domain.domid:
+            raise EvtchnError(-errno.EPERM, "reset of another domain's ports")
+        for port in sorted(self.ports):
+            p = self.ports[port]
+            if p.state == EVTCHNSTAT_interdomain and p.remote_dom == 0:
+                continue        # toolstack channels (console, store) survive, as dom0 still holds them
+            self.close(port)
+
+    # -- hypervisor side ----------------------------------------------------------------------------------
+    def send_virq(self, virq: int, vcpu: int = 0) -> bool:
+        port = self.virq_ports.get((vcpu, virq))
+        if port is None:
+            return False
+        self.set_pending(port)
+        return True
+
+    def alloc_toolstack_port(self) -> int:
+        """A port the toolstack allocates for dom0 (console/store) before the guest starts."""
+        port = self._alloc()
+        p = self.ports[port]
+        p.state, p.remote_dom = EVTCHNSTAT_unbound, 0
+        return port
+
+    def connect_dom0(self, port: int, dom0_port: int) -> None:
+        p = self.ports.get(port)
+        if p is None or p.state != EVTCHNSTAT_unbound or p.remote_dom != 0:
+            raise EvtchnError(-errno.EINVAL, f"d{self.domain.domid} port {port} is not unbound for dom0")
+        p.state, p.remote_dom, p.remote_port = EVTCHNSTAT_interdomain, 0, dom0_port
+
+    def disconnect_dom0(self, port: int, dom0_port: int) -> None:
+        p = self.ports.get(port)
+        if p is not None and p.state == EVTCHNSTAT_interdomain and p.remote_dom == 0 \
+                and p.remote_port == dom0_port:
+            p.state, p.remote_port = EVTCHNSTAT_unbound, 0
+
+    def raise_from_remote(self, port: int, remote_dom: int, remote_port: int) -> None:
+        p = self.ports.get(port)
+        if p is None or p.state != EVTCHNSTAT_interdomain or p.remote_dom != remote_dom \
+                or p.remote_port != remote_port:
+            return
+        self.set_pending(port)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for port in sorted(self.ports):
+            p = self.ports[port]
+            flags = ("P" if self.test_pending(port) else "-") + ("M" if self.test_masked(port) else "-")
+            lines.append(f"{port:5d} {flags} vcpu{p.vcpu} {p.describe()}")
+        return lines

@@ -1,0 +1,280 @@
+"""Page-table hypercalls: mmu_update, mmuext_op, update_va_mapping, vm_assist.
+
+All of them go through the FrameTable (pagetable.py), which enforces Xen's rules. After any change the
+Unicorn TLB is flushed: Xen requires the guest to ask for flushes, but flushing more than asked is always
+allowed, and it closes the window where a stale writable translation outlives a frame's promotion to a
+page table.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from miniguest.abi import errno
+from miniguest.abi.arch_x86 import _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, PTE_ADDR_MASK
+from miniguest.abi.xen import (DOMID_SELF, HYPERVISOR_mmu_update, HYPERVISOR_mmuext_op,
+                               HYPERVISOR_update_va_mapping, HYPERVISOR_update_va_mapping_otherdomain,
+                               HYPERVISOR_vm_assist, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
+                               MMU_PT_UPDATE_PRESERVE_AD, MMUEXT_CLEAR_PAGE, MMUEXT_COPY_PAGE,
+                               MMUEXT_FLUSH_CACHE, MMUEXT_FLUSH_CACHE_GLOBAL, MMUEXT_INVLPG_ALL,
+                               MMUEXT_INVLPG_LOCAL, MMUEXT_INVLPG_MULTI, MMUEXT_NAMES, MMUEXT_NEW_BASEPTR,
+                               MMUEXT_NEW_USER_BASEPTR, MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L4_TABLE,
+                               MMUEXT_SET_LDT, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_LOCAL,
+                               MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNPIN_TABLE, UVMF_ALL, UVMF_FLUSHTYPE_MASK,
+                               UVMF_LOCAL, VMASST_CMD_disable, VMASST_CMD_enable, VMASST_VALID_PV64)
+from miniguest.hypervisor.hypercalls import HypercallError, hypercall
+from miniguest.hypervisor.memory import GuestFault, guest_range_ok
+from miniguest.hypervisor.pagetable import PGT_l1, PGT_l4, PGT_writable, PageTypeError
+
+if TYPE_CHECKING:
+    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.vcpu import Vcpu
+
+MMU_UPDATE_PREEMPTED = 1 << 31
+_ENTRY = struct.Struct("<QQ")
+_MMUEXT = struct.Struct("<I4xQQ")
+
+
+def _check_owner(vcpu: "Vcpu", foreigndom: int) -> None:
+    """Only DOMID_SELF (or our own id) may be named: an unprivileged domain has no foreign page owner."""
+    dom = vcpu.domain
+    pt_dom = (foreigndom >> 16) & 0xFFFF
+    pg = foreigndom & 0xFFFF
+    if pt_dom and pt_dom - 1 != dom.domid:
+        raise HypercallError(-errno.ESRCH, f"no page-table owner d{pt_dom - 1}")
+    if pg not in (DOMID_SELF, dom.domid):
+        raise HypercallError(-errno.ESRCH, f"cannot use pages of d{pg}")
+
+
+def _report_done(vcpu: "Vcpu", pdone: int, done: int) -> None:
+    if pdone:
+        try:
+            vcpu.mem.write(pdone, struct.pack("<I", done & 0xFFFFFFFF))
+        except GuestFault:
+            pass                # Xen ignores a failure to report progress
+
+
+def normal_pt_update(dom: "Domain", ptr: int, val: int, preserve_ad: bool) -> None:
+    frames = dom.frames
+    mfn = ptr >> 12
+    if mfn >= dom.mem.nr_frames or frames.owner[mfn] != dom.domid:
+        raise PageTypeError(-errno.EINVAL, f"mmu_update: mfn {mfn:#x} is not the domain's")
+    index = (ptr & 0xFFF) >> 3
+    if frames.is_table(mfn):
+        if preserve_ad:
+            old = dom.mem.read_u64(ptr & ~7)
+            val |= old & (_PAGE_ACCESSED | _PAGE_DIRTY)
+        frames.update_entry(mfn, index, val, dom.domid)
+        return
+    # Not a page table: a plain write, allowed if the frame may be writable.
+    frames.get_type(mfn, PGT_writable, dom.domid)
+    dom.mem.write_u64((mfn << 12) + index * 8, val)
+    frames.put_type(mfn)
+
+
+@hypercall(HYPERVISOR_mmu_update, 4)
+def mmu_update(vcpu: "Vcpu", ureqs: int, count: int, pdone: int, foreigndom: int) -> int:
+    dom = vcpu.domain
+    count &= 0xFFFFFFFF
+    count &= ~MMU_UPDATE_PREEMPTED
+    _check_owner(vcpu, foreigndom)
+    if not guest_range_ok(ureqs, 16 * count):
+        return -errno.EFAULT
+    rc = 0
+    i = 0
+    try:
+        for i in range(count):
+            try:
+                ptr, val = _ENTRY.unpack(vcpu.mem.read(ureqs + 16 * i, 16))
+            except GuestFault:
+                rc = -errno.EFAULT
+                break
+            cmd = ptr & 7
+            try:
+                if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
+                    normal_pt_update(dom, ptr - cmd, val, cmd == MMU_PT_UPDATE_PRESERVE_AD)
+                elif cmd == MMU_MACHPHYS_UPDATE:
+                    mfn = ptr >> 12
+                    if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
+                        raise PageTypeError(-errno.EINVAL, f"machphys update of foreign mfn {mfn:#x}")
+                    dom.set_m2p(mfn, val)
+                else:
+                    rc = -errno.ENOSYS
+                    break
+            except PageTypeError as e:
+                dom.log_once(("mmu_update", str(e)), f"mmu_update refused: {e}")
+                rc = e.err
+                break
+        else:
+            i = count
+    finally:
+        vcpu.flush_tlb()
+    _report_done(vcpu, pdone, i)
+    return rc
+
+
+def switch_base(vcpu: "Vcpu", mfn: int, user: bool) -> None:
+    dom = vcpu.domain
+    frames = dom.frames
+    old = vcpu.guest_table_user if user else vcpu.guest_table
+    if user and mfn == 0:
+        vcpu.guest_table_user = 0
+    else:
+        frames.get_type(mfn, PGT_l4, dom.domid)
+        if user:
+            vcpu.guest_table_user = mfn
+        else:
+            vcpu.guest_table = mfn
+    if old:
+        frames.put_type(old)
+    if vcpu.kernel_mode and not user:
+        vcpu.load_cr3(mfn)
+    elif not vcpu.kernel_mode and user and mfn:
+        vcpu.load_cr3(mfn)
+
+
+@hypercall(HYPERVISOR_mmuext_op, 4)
+def mmuext_op(vcpu: "Vcpu", uops: int, count: int, pdone: int, foreigndom: int) -> int:
+    dom = vcpu.domain
+    count &= 0xFFFFFFFF
+    count &= ~MMU_UPDATE_PREEMPTED
+    _check_owner(vcpu, foreigndom)
+    if not guest_range_ok(uops, 24 * count):
+        return -errno.EFAULT
+    rc = 0
+    i = 0
+    try:
+        for i in range(count):
+            try:
+                cmd, arg1, arg2 = _MMUEXT.unpack(vcpu.mem.read(uops + 24 * i, 24))
+            except GuestFault:
+                rc = -errno.EFAULT
+                break
+            try:
+                rc = _one_mmuext(vcpu, cmd, arg1, arg2)
+            except PageTypeError as e:
+                dom.log_once(("mmuext", cmd, str(e)), f"mmuext_op {MMUEXT_NAMES.get(cmd, cmd)} refused: {e}")
+                rc = e.err
+            except GuestFault:
+                rc = -errno.EFAULT
+            if rc:
+                break
+        else:
+            i = count
+    finally:
+        vcpu.flush_tlb()
+    _report_done(vcpu, pdone, i)
+    return rc
+
+
+def _one_mmuext(vcpu: "Vcpu", cmd: int, arg1: int, arg2: int) -> int:
+    dom = vcpu.domain
+    frames = dom.frames
+    if MMUEXT_PIN_L1_TABLE <= cmd <= MMUEXT_PIN_L4_TABLE:
+        frames.pin(arg1, PGT_l1 + (cmd - MMUEXT_PIN_L1_TABLE), dom.domid)
+        return 0
+    if cmd == MMUEXT_UNPIN_TABLE:
+        frames.unpin(arg1, dom.domid)
+        return 0
+    if cmd == MMUEXT_NEW_BASEPTR:
+        switch_base(vcpu, arg1, user=False)
+        return 0
+    if cmd == MMUEXT_NEW_USER_BASEPTR:
+        switch_base(vcpu, arg1, user=True)
+        return 0
+    if cmd in (MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_TLB_FLUSH_ALL, MMUEXT_INVLPG_LOCAL, MMUEXT_INVLPG_ALL):
+        return 0                       # the flush after the batch covers it
+    if cmd in (MMUEXT_TLB_FLUSH_MULTI, MMUEXT_INVLPG_MULTI):
+        vcpu.mem.read(arg2, 8)         # the vCPU bitmap must be readable
+        return 0
+    if cmd in (MMUEXT_FLUSH_CACHE, MMUEXT_FLUSH_CACHE_GLOBAL):
+        return -errno.EACCES           # needs I/O privileges
+    if cmd == MMUEXT_SET_LDT:
+        ents = arg2 & 0xFFFFFFFF
+        if arg1 & 0xFFF or ents > 8192 or not guest_range_ok(arg1, ents * 8):
+            return -errno.EINVAL
+        vcpu.ldt = (arg1, ents)
+        return 0
+    if cmd in (MMUEXT_CLEAR_PAGE, MMUEXT_COPY_PAGE):
+        frames.get_type(arg1, PGT_writable, dom.domid)
+        try:
+            if cmd == MMUEXT_CLEAR_PAGE:
+                dom.mem.clear_frame(arg1)
+            else:
+                src = arg2
+                if src >= dom.mem.nr_frames or frames.owner[src] != dom.domid:
+                    return -errno.EINVAL
+                dom.mem.mv[arg1 << 12:(arg1 + 1) << 12] = dom.mem.mv[src << 12:(src + 1) << 12]
+        finally:
+            frames.put_type(arg1)
+        return 0
+    return -errno.ENOSYS
+
+
+def l1_entry_for(vcpu: "Vcpu", va: int) -> tuple[int, int]:
+    """(L1 mfn, index) of the entry that maps va in the current page tables (Xen's map_guest_l1e)."""
+    mem = vcpu.domain.mem
+    table = vcpu.aspace.cr3 & PTE_ADDR_MASK
+    for shift in (39, 30, 21):
+        e = mem.read_u64(table + ((va >> shift) & 511) * 8)
+        if not e & _PAGE_PRESENT or (shift != 39 and e & _PAGE_PSE):
+            raise PageTypeError(-errno.EINVAL, f"no L1 table maps {va:#x}")
+        table = e & PTE_ADDR_MASK
+    return table >> 12, (va >> 12) & 511
+
+
+def _flush_for(vcpu: "Vcpu", flags: int) -> None:
+    if flags & UVMF_FLUSHTYPE_MASK:
+        bmap = flags & ~UVMF_FLUSHTYPE_MASK
+        if bmap not in (UVMF_LOCAL, UVMF_ALL):
+            vcpu.mem.read(bmap, 8)
+
+
+def update_va_mapping_common(vcpu: "Vcpu", va: int, val: int, flags: int) -> int:
+    dom = vcpu.domain
+    rc = 0
+    try:
+        if not guest_range_ok(va, 1):
+            raise PageTypeError(-errno.EINVAL, f"{va:#x} is not a guest address")
+        l1, index = l1_entry_for(vcpu, va)
+        if l1 >= dom.mem.nr_frames or dom.frames.owner[l1] != dom.domid or dom.frames.type[l1] != PGT_l1:
+            raise PageTypeError(-errno.EINVAL, f"the table mapping {va:#x} is not an L1 of the domain")
+        dom.frames.update_entry(l1, index, val, dom.domid)
+    except PageTypeError as e:
+        dom.log_once(("uvm", str(e)), f"update_va_mapping refused: {e}")
+        rc = e.err
+    finally:
+        vcpu.flush_tlb()
+    try:
+        _flush_for(vcpu, flags)
+    except GuestFault:
+        rc = -errno.EFAULT
+    return rc
+
+
+@hypercall(HYPERVISOR_update_va_mapping, 3)
+def update_va_mapping(vcpu: "Vcpu", va: int, val: int, flags: int) -> int:
+    return update_va_mapping_common(vcpu, va, val, flags)
+
+
+@hypercall(HYPERVISOR_update_va_mapping_otherdomain, 4)
+def update_va_mapping_otherdomain(vcpu: "Vcpu", va: int, val: int, flags: int, domid: int) -> int:
+    if domid & 0xFFFF not in (DOMID_SELF, vcpu.domain.domid):
+        return -errno.ESRCH
+    return update_va_mapping_common(vcpu, va, val, flags)
+
+
+@hypercall(HYPERVISOR_vm_assist, 2, subop_arg=0, subop_names={VMASST_CMD_enable: "enable",
+                                                              VMASST_CMD_disable: "disable"})
+def vm_assist(vcpu: "Vcpu", cmd: int, vtype: int) -> int:
+    cmd &= 0xFFFFFFFF
+    vtype &= 0xFFFFFFFF
+    if vtype not in VMASST_VALID_PV64:
+        return -errno.EINVAL
+    if cmd == VMASST_CMD_enable:
+        vcpu.domain.vm_assist |= 1 << vtype
+        return 0
+    if cmd == VMASST_CMD_disable:
+        vcpu.domain.vm_assist &= ~(1 << vtype)
+        return 0
+    return -errno.ENOSYS

@@ -1,0 +1,39 @@
+"""multicall: a batch of hypercalls, each result written back into its entry."""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from miniguest.abi import errno
+from miniguest.abi.xen import HYPERVISOR_iret, HYPERVISOR_multicall
+from miniguest.hypervisor import hypercalls
+from miniguest.hypervisor.hypercalls import hypercall
+
+if TYPE_CHECKING:
+    from miniguest.hypervisor.vcpu import Vcpu
+
+_ENTRY = struct.Struct("<QQ6Q")
+
+
+@hypercall(HYPERVISOR_multicall, 2)
+def multicall(vcpu: "Vcpu", call_list: int, nr_calls: int) -> int:
+    if vcpu.in_multicall:
+        return -errno.EINVAL            # Xen refuses multicall re-entry
+    nr_calls &= 0xFFFFFFFF
+    vcpu.in_multicall = True
+    try:
+        for i in range(nr_calls):
+            entry = call_list + i * 64
+            op, _, *args = _ENTRY.unpack(vcpu.mem.read(entry, 64))
+            if op == HYPERVISOR_iret:
+                result = -errno.EINVAL
+            else:
+                result = hypercalls.dispatch(vcpu, op, *args[:5])
+                if result is None:
+                    result = 0
+            vcpu.mem.write(entry + 8, struct.pack("<Q", result & (2**64 - 1)))
+            if not vcpu.domain.running:
+                break
+    finally:
+        vcpu.in_multicall = False
+    return 0

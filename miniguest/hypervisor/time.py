@@ -1,0 +1,119 @@
+"""Time: vcpu_time_info, the wallclock, set_timer_op and the per-vCPU timers behind VIRQ_TIMER.
+
+System time and the TSC both come from the virtual clock (vclock.py): 1 TSC tick = 1 ns, so the record is
+tsc_to_system_mul = 2^31 with tsc_shift = 1 (((delta << 1) * 2^31) >> 32 == delta) and never drifts.
+Xen gives every PV vCPU a 100 Hz periodic timer by default (VCPUOP_stop_periodic_timer turns it off).
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Optional
+
+from miniguest.abi.shared_info import (SI_WC_NSEC, SI_WC_SEC, SI_WC_SEC_HI, SI_WC_VERSION, VI_TIME,
+                                       XEN_PVCLOCK_TSC_STABLE_BIT)
+from miniguest.abi.xen import HYPERVISOR_set_timer_op, VIRQ_TIMER
+from miniguest.hypervisor.hypercalls import hypercall
+
+if TYPE_CHECKING:
+    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.vcpu import Vcpu
+
+TSC_TO_SYSTEM_MUL = 1 << 31
+TSC_SHIFT = 1
+DEFAULT_PERIOD_NS = 10_000_000
+TIMER_SLOP_LIMIT = 1 << 50           # Xen: timeouts this far ahead are treated as "in 100 ms"
+FAR_TIMEOUT_NS = 100_000_000
+
+
+def update_vcpu_time(vcpu: "Vcpu") -> None:
+    """Publish the time record with the version seqlock: odd while being written."""
+    view, off = vcpu._vi()
+    base = off + VI_TIME
+    version = struct.unpack_from("<I", view, base)[0]
+    struct.pack_into("<I", view, base, (version + 1) | 1)
+    now = vcpu.domain.clock.now_ns()
+    tsc = vcpu.domain.tsc_of(now)
+    struct.pack_into("<QQIbB", view, base + 8, tsc, now, TSC_TO_SYSTEM_MUL, TSC_SHIFT, XEN_PVCLOCK_TSC_STABLE_BIT)
+    struct.pack_into("<I", view, base, ((version + 1) | 1) + 1)
+
+
+def set_wallclock(domain: "Domain", sec: int, nsec: int) -> None:
+    si = domain.shared_info_view()
+    version = struct.unpack_from("<I", si, SI_WC_VERSION)[0]
+    struct.pack_into("<I", si, SI_WC_VERSION, (version + 1) | 1)
+    struct.pack_into("<II", si, SI_WC_SEC, sec & 0xFFFFFFFF, nsec)
+    struct.pack_into("<I", si, SI_WC_SEC_HI, (sec >> 32) & 0xFFFFFFFF)
+    struct.pack_into("<I", si, SI_WC_VERSION, ((version + 1) | 1) + 1)
+
+
+class VcpuTimer:
+    """The singleshot and periodic timers of one vCPU; both raise VIRQ_TIMER."""
+
+    def __init__(self, vcpu: "Vcpu") -> None:
+        self.vcpu = vcpu
+        self.singleshot: Optional[int] = None          # timer handle
+        self.singleshot_deadline: Optional[int] = None
+        self.period = DEFAULT_PERIOD_NS
+        self.periodic: Optional[int] = None
+        self.periodic_next: Optional[int] = None
+
+    @property
+    def _timers(self):
+        return self.vcpu.domain.timers
+
+    def fire(self, why: str) -> None:
+        vcpu = self.vcpu
+        vcpu.domain.trace_timer(vcpu, why)
+        update_vcpu_time(vcpu)
+        vcpu.domain.events.send_virq(VIRQ_TIMER, vcpu.id)
+
+    def set_singleshot(self, deadline: int) -> None:
+        self.stop_singleshot()
+        self.singleshot_deadline = deadline
+        self.singleshot = self._timers.add(deadline, self._singleshot_fired)
+
+    def _singleshot_fired(self) -> None:
+        self.singleshot = None
+        self.singleshot_deadline = None
+        self.fire("singleshot")
+
+    def stop_singleshot(self) -> None:
+        self._timers.cancel(self.singleshot)
+        self.singleshot = None
+        self.singleshot_deadline = None
+
+    def start_periodic(self, now: int) -> None:
+        self.stop_periodic()
+        if self.period:
+            self.periodic_next = now + self.period
+            self.periodic = self._timers.add(self.periodic_next, self._periodic_fired)
+
+    def _periodic_fired(self) -> None:
+        assert self.periodic_next is not None
+        self.periodic_next += self.period
+        self.periodic = self._timers.add(self.periodic_next, self._periodic_fired)
+        self.fire("periodic")
+
+    def stop_periodic(self) -> None:
+        self._timers.cancel(self.periodic)
+        self.periodic = None
+        self.periodic_next = None
+
+
+@hypercall(HYPERVISOR_set_timer_op, 1)
+def set_timer_op(vcpu: "Vcpu", timeout: int) -> int:
+    """Absolute system time in ns; 0 cancels; a deadline in the past fires at once."""
+    timer = vcpu.timer
+    if timeout == 0:
+        timer.stop_singleshot()
+        return 0
+    now = vcpu.domain.clock.now_ns()
+    offset = timeout - now
+    if timeout >= 1 << 63:           # (s64)timeout < 0: wrapped negative
+        offset = -1
+    if offset > 0 and offset >> 50:
+        timeout = now + FAR_TIMEOUT_NS
+    elif offset <= 0:
+        timeout = now
+    timer.set_singleshot(timeout)
+    return 0

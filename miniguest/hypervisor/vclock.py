@@ -1,0 +1,128 @@
+"""The virtual clock: time advances with guest instructions, never with the host clock.
+
+The count comes from the compiled block hook in _vclock.c (loaded with ctypes, its function pointer given
+straight to Unicorn). One guest instruction is one TSC tick and one nanosecond of system time: a notional
+1 GHz CPU that executes one instruction per cycle. An idle domain (every vCPU blocked) does not spin: the
+clock jumps straight to the next timer deadline (`idle_ns`). So the same image and configuration produce the
+same time stamps, the same timer firings and the same bytes on every run and machine.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.util
+import os
+from typing import Callable, Optional
+
+from unicorn import UC_HOOK_BLOCK
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+CACHE_SIZE = 1 << 16
+NEVER = (1 << 64) - 1
+
+
+class _Entry(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_uint64), ("count", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class _VClock(ctypes.Structure):
+    _fields_ = [("icount", ctypes.c_uint64), ("deadline", ctypes.c_uint64), ("stop", ctypes.c_void_p),
+                ("count_block", ctypes.c_void_p), ("misses", ctypes.c_uint64), ("stops", ctypes.c_uint64),
+                ("cache", _Entry * CACHE_SIZE)]
+
+
+COUNT_BLOCK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32)
+_lib: Optional[ctypes.CDLL] = None
+
+
+class ClockUnavailable(RuntimeError):
+    pass
+
+
+def _library() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        spec = importlib.util.find_spec("miniguest.hypervisor._vclock")
+        path = spec.origin if spec is not None else None
+        if path is None:
+            here = os.path.dirname(__file__)
+            found = glob.glob(os.path.join(here, "_vclock*.so"))
+            path = found[0] if found else None
+        if path is None:
+            raise ClockUnavailable("miniguest's compiled clock (_vclock) is missing: reinstall with "
+                                   "`pip install .` (it needs a C compiler)")
+        _lib = ctypes.CDLL(path)
+        _lib.vclock_flush_cache.argtypes = [ctypes.c_void_p]
+    return _lib
+
+
+class VirtualClock:
+    """Instruction counter for one vCPU plus the domain-wide idle offset.
+
+    now_ns() = instructions executed + nanoseconds skipped while idle. `set_deadline(ns)` arms the stop;
+    the run loop re-arms it before every run slice.
+    """
+
+    def __init__(self, count_block: Callable[[int, int], int]) -> None:
+        self._lib = _library()
+        self._c = _VClock()
+        self._c.deadline = NEVER
+        self._c.stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+        self._count_cb = COUNT_BLOCK(self._safe_count(count_block))
+        self._c.count_block = ctypes.cast(self._count_cb, ctypes.c_void_p).value
+        self.idle_ns = 0
+
+    @staticmethod
+    def _safe_count(fn: Callable[[int, int], int]) -> Callable[[int, int], int]:
+        def count(addr: int, size: int) -> int:
+            try:
+                return max(1, int(fn(addr, size)))
+            except Exception:           # a callback from C must never raise: count the block as 1
+                return 1
+        return count
+
+    def attach(self, uc) -> int:
+        """Install the block hook on a Unicorn instance; returns the hook handle."""
+        handle = uc_hook_h()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
+                                   ctypes.cast(self._lib.vclock_block_hook, ctypes.c_void_p),
+                                   ctypes.cast(ctypes.pointer(self._c), ctypes.c_void_p),
+                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status != 0:
+            raise RuntimeError(f"uc_hook_add(block) failed: {status}")
+        return handle.value
+
+    @property
+    def icount(self) -> int:
+        return self._c.icount
+
+    @icount.setter
+    def icount(self, value: int) -> None:
+        self._c.icount = value
+
+    @property
+    def misses(self) -> int:
+        return self._c.misses
+
+    def now_ns(self) -> int:
+        return self._c.icount + self.idle_ns
+
+    def set_deadline(self, ns: Optional[int]) -> None:
+        """Stop the CPU once now_ns() >= ns (None: no deadline)."""
+        if ns is None:
+            self._c.deadline = NEVER
+        else:
+            self._c.deadline = max(0, ns - self.idle_ns)
+
+    def deadline_reached(self) -> bool:
+        return self._c.icount >= self._c.deadline
+
+    def skip_to(self, ns: int) -> None:
+        """Idle: jump virtual time forward to ns."""
+        now = self.now_ns()
+        if ns > now:
+            self.idle_ns += ns - now
+
+    def flush_cache(self) -> None:
+        """Forget block instruction counts (after guest code is rewritten in place by the hypervisor)."""
+        self._lib.vclock_flush_cache(ctypes.byref(self._c))

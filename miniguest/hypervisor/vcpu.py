@@ -1,0 +1,424 @@
+"""A PV vCPU on Unicorn: long mode, the guest's own page tables, guest kernel and user at CPL3.
+
+The CPU never runs hypervisor code except one `iretq` at start-of-day that drops it to CPL3 with Xen's flat
+selectors. From then on everything the guest cannot do itself reaches Python through bounded hooks:
+`syscall` (a hypercall from guest kernel mode, a system call from guest user mode), CPU exceptions (bounced
+to the guest's trap table with Xen's frame, or emulated when they are privileged instructions Xen emulates for
+PV), `cpuid`, `rdtsc`, `in`/`out` and invalid opcodes. There is no per-instruction or per-block Python hook:
+the only block hook is the C clock in _vclock.c.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Optional
+
+from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_MODE_64,
+                     UC_PROT_ALL, Uc, UcError)
+from unicorn import x86_const as X
+
+from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KERNEL_SS, GDT_SIZE,
+                                    MSR_EFER, PFEC_user_mode, TI_DPL_MASK, TI_MASK_EVENTS, TRAP_gp_fault,
+                                    TRAP_page_fault)
+from miniguest.abi.callback import CALLBACKF_mask_events
+from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
+from miniguest.hypervisor.memory import AddressSpace, GuestFault
+from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, read_exception_state
+from miniguest.hypervisor.xen_area import ENTRY_STUB_VA, GDT_VIRT_START, HV_STACK_VA, NEVER_EXECUTED_VA
+
+if TYPE_CHECKING:
+    from miniguest.hypervisor.domain import Domain
+
+_U64 = struct.Struct("<Q")
+EFLAGS_IF = 1 << 9
+EFLAGS_TF = 1 << 8
+EFLAGS_IOPL = 3 << 12
+EFLAGS_NT = 1 << 14
+EFLAGS_RF = 1 << 16
+EFLAGS_VM = 1 << 17
+EFLAGS_AC = 1 << 18
+EFLAGS_CLEAR_ON_BOUNCE = EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM | EFLAGS_AC
+CR0_GUEST = 0x80050033        # PG | AM | WP | NE | ET | MP | PE
+CR4_GUEST = 0x000006A0        # OSXMMEXCPT | OSFXSR | PGE | PAE
+EFER_GUEST = 0xD01            # NXE | LMA | LME | SCE
+
+GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+             "r14", "r15", "rip", "rflags")
+GPR_IDS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RSI,
+           X.UC_X86_REG_RDI, X.UC_X86_REG_RBP, X.UC_X86_REG_RSP, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
+           X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+           X.UC_X86_REG_R15, X.UC_X86_REG_RIP, X.UC_X86_REG_EFLAGS)
+
+
+class TrapEntry:
+    __slots__ = ("flags", "cs", "address")
+
+    def __init__(self, flags: int = 0, cs: int = 0, address: int = 0) -> None:
+        self.flags, self.cs, self.address = flags, cs, address
+
+
+class GuestCrash(Exception):
+    """Raised inside hypervisor code paths when the guest must be crashed (Xen's domain_crash)."""
+
+
+class Vcpu:
+    def __init__(self, domain: "Domain", vcpu_id: int) -> None:
+        self.domain = domain
+        self.id = vcpu_id
+        mem = domain.mem
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.mem_map_ptr(0, mem.size, UC_PROT_ALL, mem.address)
+        self.hc_regs = RegBatch(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
+                                     X.UC_X86_REG_R10, X.UC_X86_REG_R8))
+        self.gprs = RegBatch(uc, GPR_IDS)
+        self.frame_regs = RegBatch(uc, (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_EFLAGS,
+                                        X.UC_X86_REG_RCX, X.UC_X86_REG_R11))
+        # PV state (Xen's struct pv_vcpu).
+        self.kernel_mode = True
+        self.trap_table = [TrapEntry() for _ in range(256)]
+        self.event_callback = 0
+        self.failsafe_callback = 0
+        self.syscall_callback = 0
+        self.syscall_mask_events = False
+        self.failsafe_mask_events = False
+        self.nmi_callback = 0
+        self.kernel_ss = FLAT_KERNEL_SS
+        self.kernel_sp = 0
+        self.guest_table = 0          # kernel L4 mfn
+        self.guest_table_user = 0     # user L4 mfn (0: none)
+        self.gs_base_kernel = 0
+        self.gs_base_user = 0
+        self.fs_base = 0
+        self.cr0_ts = False
+        self.gdt_frames: list[int] = []
+        self.gdt_ents = 0
+        self.vcpu_info_view: Optional[memoryview] = None   # None: the slot in shared_info
+        self.vcpu_info_offset = vcpu_id * VCPU_INFO_SIZE
+        # Scheduling state.
+        self.started = False
+        self.blocked = False
+        self.poll_ports: Optional[set[int]] = None
+        self.poll_deadline: Optional[int] = None
+        self.in_syscall_hook = False
+        self.stop_reason: Optional[str] = None
+        self.hold_events = False       # a debugger single-step holds event delivery
+        self.in_multicall = False
+        self.compat_callbacks: dict[int, tuple[int, bool]] = {}
+        self.gs_sel_user = 0
+        self.ldt = (0, 0)
+        self.runstate_area = 0
+        self.pending_intercepts: list[tuple[int, int, list[int]]] = []
+        self.intercepted: set[int] = set()
+        from miniguest.hypervisor.time import VcpuTimer
+        self.timer = VcpuTimer(self)
+        self.aspace = AddressSpace(mem)
+        self._setup_cpu()
+        self._install_hooks()
+
+    # -- CPU set-up ---------------------------------------------------------------------------------------
+    def _setup_cpu(self) -> None:
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_GUEST)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_GUEST & ~0x80000000)
+        uc.msr_write(MSR_EFER, EFER_GUEST)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_VIRT_START, GDT_SIZE - 1, 0))
+
+    def _install_hooks(self) -> None:
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid_insn)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        hook_rdtsc(uc, self._on_rdtsc, X.UC_X86_INS_RDTSC)
+        hook_rdtsc(uc, self._on_rdtscp, X.UC_X86_INS_RDTSCP)
+
+    def start_of_day(self, entry: int, stack: int, start_info_va: int, l4_mfn: int) -> None:
+        """Registers at entry (Xen's PV start-of-day): rsi = start_info, rsp = top of the boot stack, IF=1,
+        CS/SS the flat kernel selectors. The first slice runs Xen's one `iretq` from the per-domain stub."""
+        uc = self.uc
+        self.guest_table = l4_mfn
+        self.load_cr3(l4_mfn)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_GUEST)
+        frame = HV_STACK_VA
+        for i, v in enumerate((entry, FLAT_KERNEL_CS, 0x202, stack, FLAT_KERNEL_SS)):
+            self.domain.mem.write_u64(self.domain.xen.stack_mfn * 4096 + i * 8, v)
+        uc.reg_write(X.UC_X86_REG_RSP, frame)
+        uc.reg_write(X.UC_X86_REG_RSI, start_info_va)
+        uc.reg_write(X.UC_X86_REG_RIP, ENTRY_STUB_VA)
+
+    # -- registers ----------------------------------------------------------------------------------------
+    def regs(self) -> dict[str, int]:
+        return dict(zip(GPR_NAMES, self.gprs.read()))
+
+    @property
+    def rip(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_RIP)
+
+    def set_rip(self, value: int) -> None:
+        # Inside the syscall hook Unicorn adds the instruction length (2) once the hook returns.
+        self.uc.reg_write(X.UC_X86_REG_RIP, (value - 2 if self.in_syscall_hook else value) & (2**64 - 1))
+
+    def load_cr3(self, l4_mfn: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_CR3, l4_mfn << 12)     # also flushes Unicorn's TLB
+        self.aspace.cr3 = l4_mfn << 12
+
+    def flush_tlb(self) -> None:
+        self.uc.reg_write(X.UC_X86_REG_CR3, self.aspace.cr3)
+
+    @property
+    def mem(self) -> AddressSpace:
+        """Guest-virtual memory as the guest kernel sees it (hypercall arguments)."""
+        return self.aspace
+
+    # -- vcpu_info ----------------------------------------------------------------------------------------
+    def _vi(self) -> tuple[memoryview, int]:
+        if self.vcpu_info_view is not None:
+            return self.vcpu_info_view, self.vcpu_info_offset
+        return self.domain.shared_info_view(), self.vcpu_info_offset
+
+    @property
+    def upcall_mask(self) -> int:
+        view, off = self._vi()
+        return view[off + VI_UPCALL_MASK]
+
+    @upcall_mask.setter
+    def upcall_mask(self, value: int) -> None:
+        view, off = self._vi()
+        view[off + VI_UPCALL_MASK] = value & 0xFF
+
+    @property
+    def upcall_pending(self) -> int:
+        view, off = self._vi()
+        return view[off + VI_UPCALL_PENDING]
+
+    def events_need_delivery(self) -> bool:
+        view, off = self._vi()
+        return bool(view[off + VI_UPCALL_PENDING]) and not view[off + VI_UPCALL_MASK]
+
+    def mark_events_pending(self) -> None:
+        """Xen's vcpu_mark_events_pending: set upcall_pending, wake the vCPU if it was blocked."""
+        view, off = self._vi()
+        if view[off + VI_UPCALL_PENDING]:
+            return
+        view[off + VI_UPCALL_PENDING] = 1
+        if self.blocked and self.poll_ports is None:
+            self.unblock()
+
+    def poll_wakeup(self, port: int) -> None:
+        if self.blocked and self.poll_ports is not None and port in self.poll_ports:
+            self.unblock()
+
+    def unblock(self) -> None:
+        self.blocked = False
+        self.poll_ports = None
+        self.poll_deadline = None
+
+    # -- bounce frames ------------------------------------------------------------------------------------
+    def bounce(self, handler: int, error_code: Optional[int], mask_events: bool,
+               rip: Optional[int] = None) -> None:
+        """Xen's create_bounce_frame: push {rcx, r11, [error code], rip, cs, rflags, rsp, ss} on the guest
+        kernel stack (switching to the stack_switch stack from guest user mode) and enter `handler`."""
+        cur_rip, rsp, rflags, rcx, r11 = self.frame_regs.read()
+        if rip is None:
+            rip = cur_rip
+        if self.in_syscall_hook:
+            rip += 2          # the hooked `syscall` has not advanced RIP yet
+        saved_mask = self.upcall_mask
+        if self.kernel_mode:
+            cs = FLAT_KERNEL_CS & ~3        # tell the guest kernel it interrupted itself
+            ss = FLAT_KERNEL_SS
+            new_sp = rsp
+        else:
+            cs, ss = FLAT_KERNEL_CS, FLAT_KERNEL_SS
+            new_sp = self.kernel_sp
+            self.toggle_guest_mode()
+        new_sp &= ~0xF
+        frame_rflags = (rflags & ~EFLAGS_IF & ~EFLAGS_IOPL) | (0 if saved_mask else EFLAGS_IF)
+        words = [rcx, r11]
+        if error_code is not None:
+            words.append(error_code)
+        words += [rip, cs | (saved_mask << 32), frame_rflags, rsp, ss]
+        new_sp -= 8 * len(words)
+        try:
+            self.aspace.write(new_sp, b"".join(_U64.pack(w & (2**64 - 1)) for w in words))
+        except GuestFault as f:
+            raise GuestCrash(f"cannot write the exception frame at {f.va:#x} (guest stack fault)") from None
+        if mask_events:
+            self.upcall_mask = 1
+        self.uc.reg_write(X.UC_X86_REG_RSP, new_sp)
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, (rflags & ~EFLAGS_CLEAR_ON_BOUNCE) | EFLAGS_IF)
+        self.set_rip(handler)
+
+    def toggle_guest_mode(self) -> None:
+        """Switch between guest kernel and guest user context: page tables and GS bases (Xen swaps them)."""
+        if self.kernel_mode:
+            self.gs_base_kernel = self.uc.msr_read(0xC0000101)
+            self.uc.msr_write(0xC0000101, self.gs_base_user)
+            self.kernel_mode = False
+            self.load_cr3(self.guest_table_user)
+        else:
+            self.gs_base_user = self.uc.msr_read(0xC0000101)
+            self.uc.msr_write(0xC0000101, self.gs_base_kernel)
+            self.kernel_mode = True
+            self.load_cr3(self.guest_table)
+
+    def inject_exception(self, vector: int, error_code: Optional[int] = None, rip: Optional[int] = None,
+                         cr2: Optional[int] = None) -> None:
+        """Bounce a CPU exception to the guest's handler, or crash the domain if it has none."""
+        ti = self.trap_table[vector]
+        if vector == TRAP_page_fault and cr2 is not None:
+            view, off = self._vi()
+            _U64.pack_into(view, off + VI_ARCH_CR2, cr2)
+            self.uc.reg_write(X.UC_X86_REG_CR2, cr2)
+        self.domain.trace_exception(self, vector, error_code, rip, cr2)
+        if not ti.address:
+            raise GuestCrash(f"unhandled exception {vector} with no handler in the trap table")
+        self.bounce(ti.address, error_code if vector in ERROR_CODE_VECTORS else None,
+                    bool(ti.flags & TI_MASK_EVENTS), rip)
+
+    def deliver_events(self) -> bool:
+        """At a return to the guest: if an upcall is due, bounce to the event callback (events masked)."""
+        if self.hold_events or not self.events_need_delivery() or not self.event_callback:
+            return False
+        self.domain.trace_upcall(self)
+        self.bounce(self.event_callback, None, True)
+        return True
+
+    # -- hooks --------------------------------------------------------------------------------------------
+    def _guard(self, fn, *args):
+        """Run hypervisor work for a hook; turn a guest crash or an internal error into domain state."""
+        try:
+            return fn(*args)
+        except GuestCrash as c:
+            self.domain.crash(str(c), self)
+        except Exception as e:              # a bug in miniguest, never in the guest
+            self.domain.internal_error(e, self)
+        self.uc.emu_stop()
+        return None
+
+    def _on_syscall(self, uc: Uc, _: object) -> None:
+        self.in_syscall_hook = True
+        try:
+            self._guard(self._syscall)
+        finally:
+            self.in_syscall_hook = False
+
+    def _syscall(self) -> None:
+        if not self.kernel_mode:
+            self._user_syscall()
+            return
+        nr, a1, a2, a3, a4, a5 = self.hc_regs.read()
+        from miniguest.hypervisor.hypercalls import dispatch
+        result = dispatch(self, nr, a1, a2, a3, a4, a5)
+        if result is not None:
+            self.uc.reg_write(X.UC_X86_REG_RAX, result & (2**64 - 1))
+        if self.domain.running and not self.blocked:
+            self.deliver_events()
+
+    def _user_syscall(self) -> None:
+        """`syscall` from guest user mode: Xen enters the registered syscall callback in kernel mode with
+        {rcx, r11, rip, cs, rflags, rsp, ss} on the kernel stack (rcx/r11 as the CPU sets them)."""
+        if not self.syscall_callback:
+            raise GuestCrash("syscall from guest user mode with no syscall callback registered")
+        rip, _, rflags, _, _ = self.frame_regs.read()
+        self.uc.reg_write(X.UC_X86_REG_RCX, rip + 2)
+        self.uc.reg_write(X.UC_X86_REG_R11, rflags)
+        self.bounce(self.syscall_callback, None, self.syscall_mask_events)
+        self.deliver_events()
+
+    def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
+        self._guard(self._interrupt, intno)
+
+    def _interrupt(self, intno: int) -> None:
+        error_code, is_int = read_exception_state(self.uc)
+        rip = self.rip
+        from miniguest.hypervisor import privop
+        if is_int:
+            privop.software_interrupt(self, intno, rip)
+        elif intno == TRAP_gp_fault and privop.emulate_gp(self, rip, error_code):
+            pass
+        else:
+            cr2 = None
+            if intno == TRAP_page_fault:
+                cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+                if self.kernel_mode:
+                    error_code &= ~PFEC_user_mode     # the guest kernel thinks it runs in ring 0
+            self.inject_exception(intno, error_code, rip, cr2)
+        self.after_exception()
+
+    def after_exception(self) -> None:
+        if self.domain.running:
+            self.deliver_events()
+
+    def _on_invalid_insn(self, uc: Uc, _: object) -> bool:
+        from miniguest.hypervisor import privop
+        self._guard(privop.invalid_opcode, self)
+        return True
+
+    def _on_cpuid(self, uc: Uc, _: object) -> int:
+        from miniguest.hypervisor import privop
+        self._guard(privop.emulate_cpuid, self)
+        return 1
+
+    def _on_rdtsc(self, uc: Uc) -> int:
+        from miniguest.hypervisor import privop
+        self._guard(privop.emulate_rdtsc, self, False)
+        return 1
+
+    def _on_rdtscp(self, uc: Uc) -> int:
+        from miniguest.hypervisor import privop
+        self._guard(privop.emulate_rdtsc, self, True)
+        return 1
+
+    # I/O instructions: Unicorn executes them without any permission check. The clock's block counter finds
+    # them (count_block) and we hook exactly those instructions before they run (see privop). The IN/OUT
+    # instruction hooks below only fire if one slipped through (code rewritten at the same address).
+    def count_block(self, addr: int, size: int) -> int:
+        from miniguest.hypervisor.privop import count_block_instructions
+        try:
+            code = self.aspace.read(addr, size)
+        except GuestFault:
+            return 1
+        n, io = count_block_instructions(code, addr)
+        io = [a for a in io if a not in self.intercepted]
+        if io:
+            self.pending_intercepts.append((addr, size, io))
+            self.domain.clock.set_deadline(0)        # stop before this block runs; it is retranslated
+        return n
+
+    def install_intercepts(self) -> None:
+        for addr, size, io in self.pending_intercepts:
+            for a in io:
+                if a not in self.intercepted:
+                    self.uc.hook_add(UC_HOOK_CODE, self._on_io_intercept, None, a, a)
+                    self.intercepted.add(a)
+            self.uc.ctl_remove_cache(addr, addr + size)
+        self.pending_intercepts.clear()
+
+    def _on_io_intercept(self, uc: Uc, addr: int, size: int, _: object) -> None:
+        from miniguest.hypervisor import privop
+        code = privop._fetch(self, addr, 16)
+        n, io = privop.count_block_instructions(code, addr)
+        if io and io[0] == addr:
+            self._guard(privop.io_instruction, self, addr)
+
+    def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
+        self.domain.log_once(("io-escaped", self.rip), f"I/O instruction near {self.rip:#x} was not intercepted")
+        return 0xFFFFFFFF
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
+        self.domain.log_once(("io-escaped", self.rip), f"I/O instruction near {self.rip:#x} was not intercepted")
+
+    # -- running ------------------------------------------------------------------------------------------
+    def run_slice(self) -> None:
+        """Run the guest until a hook or the clock stops it."""
+        self.stop_reason = None
+        begin = self.rip
+        try:
+            self.uc.emu_start(begin, NEVER_EXECUTED_VA)
+        except UcError as e:
+            self.domain.crash(f"CPU error: {e} (guest accessed memory outside the machine)", self)
+        except Exception as e:      # raised by a hook through the binding
+            self.domain.internal_error(e, self)
+        self.started = True

@@ -1,0 +1,1 @@
+"""The domain builder's side: parse a PV kernel ELF and lay out a domain's start-of-day memory."""

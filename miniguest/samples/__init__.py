@@ -1,0 +1,17 @@
+"""The sample guests shipped with miniguest (built from firmware/ by gcc and GNU ld)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+SAMPLES: dict[str, str] = {
+    "hello": "prints through console_io and the console ring, checks a few hypercalls, powers off",
+}
+DEFAULT = "hello"
+
+
+def path(name: str) -> Optional[str]:
+    if name not in SAMPLES:
+        return None
+    p = os.path.join(os.path.dirname(__file__), f"{name}.elf")
+    return p if os.path.exists(p) else None
