@@ -29,6 +29,13 @@
 4:  .balign 4;                                                \
     .popsection
 
+#ifdef LEGACY_GUEST_INFO
+/* The pre-ELF-note interface: one string in a `__xen_guest` section. HYPERCALL_PAGE is a page number
+ * relative to VIRT_BASE; with ELF_PADDR_OFFSET absent, libelf defaults it to VIRT_BASE. */
+    .section __xen_guest, ""
+    .ascii "GUEST_OS=" GUEST_OS ",XEN_VER=xen-3.0,LOADER=generic,VIRT_BASE=" LEGACY_VIRT_BASE
+    .asciz ",HYPERCALL_PAGE=0x1"
+#else
 ELFNOTE(XEN_ELFNOTE_GUEST_OS, .asciz GUEST_OS)
 ELFNOTE(XEN_ELFNOTE_GUEST_VERSION, .asciz "1")
 ELFNOTE(XEN_ELFNOTE_XEN_VERSION, .asciz "xen-3.0")
@@ -38,11 +45,13 @@ ELFNOTE(XEN_ELFNOTE_VIRT_BASE, .quad VIRT_BASE)
 ELFNOTE(XEN_ELFNOTE_PADDR_OFFSET, .quad PADDR_OFFSET)
 #endif
 ELFNOTE(XEN_ELFNOTE_HYPERCALL_PAGE, .quad hypercall_page)
+#endif
 
     .section .text.head, "ax"
     .globl _start
 _start:
     cld
+    mov     %rsp, boot_entry_rsp(%rip)  /* where Xen's bootstrap stack was, for tests */
     lea     boot_stack_top(%rip), %rsp
     mov     %rsi, %rdi              /* guest_main(struct start_info *) */
     call    guest_main
@@ -55,6 +64,10 @@ hypercall_page:
     .fill 4096, 1, 0xc3
 
     .section .bss.stack, "aw", @nobits
+    .balign 8
+    .globl boot_entry_rsp
+boot_entry_rsp:
+    .skip 8
     .balign 16
 boot_stack:
     .skip 16384

@@ -60,6 +60,7 @@ class DomainConfig:
     wallclock: tuple[int, int] = (1767225600, 0)       # 2026-01-01T00:00:00Z at system time 0
     uuid: Optional[str] = None
     max_evtchn_ports: int = 1023
+    poison_memory: bool = False       # fill RAM with 0xA5 before building: catches code assuming zeroed RAM
     extra: dict[str, Any] = field(default_factory=dict)
 
 

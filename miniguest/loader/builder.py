@@ -68,7 +68,13 @@ class Builder:
         if need > d.nr_pages:
             raise ImageError(f"{img.path}: the image and its start-of-day data need {need * 4} KiB, more than the "
                              f"{d.nr_pages * 4} KiB of memory given")
-        # Kernel segments (BSS is the zero-filled rest of each segment; memory starts zeroed).
+        if d.config.poison_memory:
+            import ctypes
+            for mfn in d.p2m:
+                ctypes.memset(d.mem.address + mfn * PAGE, 0xA5, PAGE)
+            for va in range(layout.p2m_start, layout.stack + PAGE, PAGE):
+                self.write_va(va, bytes(PAGE))       # every start-of-day element starts zeroed
+        # Kernel segments, then BSS: the zero-filled rest of each segment.
         for seg in img.segments:
             self.write_va(seg.vaddr, seg.data)
             if seg.memsz > len(seg.data):

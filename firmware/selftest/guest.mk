@@ -1,0 +1,6 @@
+selftest_SRCS   := selftest/selftest.c selftest/layout.c selftest/badptr.c selftest/mmu.c
+selftest_BASE   := 0x400000
+selftest_DEFS   := -DNOTES_ALLOC -DPADDR_OFFSET=0x400000
+selftest_CFLAGS :=
+selftest_OS     := miniguest-selftest
+selftest_DEST   := tests

@@ -1,0 +1,90 @@
+/*
+ * selftest: a test guest for miniguest's own test suite. The first word of the command line picks a
+ * scenario; each prints `name = value` facts and `ok`/`FAIL` lines the tests compare against what the
+ * domain builder and the hypervisor are supposed to have done, then powers off (or crashes, hangs, ...).
+ */
+#include "selftest.h"
+
+struct start_info *si;
+unsigned long entry_rsp;
+int failures;
+static volatile unsigned long bss_probe[64];
+
+void expect(const char *what, long got, long want)
+{
+    if (got == want)
+        printk("%s = %ld ok\n", what, got);
+    else {
+        printk("%s = %ld FAIL (want %ld)\n", what, got, want);
+        failures++;
+    }
+}
+
+static int is(const char *word)
+{
+    size_t n = strlen(word);
+    return !strncmp(si->cmd_line, word, n) && (si->cmd_line[n] == 0 || si->cmd_line[n] == ' ');
+}
+
+static void finish(void)
+{
+    printk("selftest: %d failures\n", failures);
+    HYPERVISOR_shutdown(failures ? SHUTDOWN_crash : SHUTDOWN_poweroff);
+}
+
+void guest_main(struct start_info *start)
+{
+    si = start;
+    virt_base = VIRT_BASE;
+    phys_to_machine_mapping = (unsigned long *)si->mfn_list;
+    console_ring_init(mfn_to_virt(si->console.domU.mfn), si->console.domU.evtchn);
+    printk("selftest: scenario '%s'\n", si->cmd_line);
+
+    if (is("layout")) {
+        unsigned long nonzero = 0;
+        for (unsigned i = 0; i < ARRAY_SIZE(bss_probe); i++)
+            nonzero |= bss_probe[i];
+        expect("bss_zero", nonzero == 0, 1);
+        run_layout();
+    } else if (is("badptr")) {
+        run_badptr();
+    } else if (is("mmu")) {
+        run_mmu();
+    } else if (is("earlyfault")) {
+        printk("selftest: touching an unmapped address with no trap table\n");
+        *(volatile unsigned long *)0x7ff000000000UL = 1;
+    } else if (is("reboot")) {
+        HYPERVISOR_shutdown(SHUTDOWN_reboot);
+    } else if (is("crash")) {
+        HYPERVISOR_shutdown(SHUTDOWN_crash);
+    } else if (is("spin")) {
+        for (;;)
+            barrier();
+    } else if (is("hang")) {
+        /* Mask every port and drop what is pending, stop both timers: then nothing can wake us. */
+        unsigned long map_va = si->pt_base + (si->nr_pt_frames + 16) * PAGE_SIZE;
+        HYPERVISOR_update_va_mapping(map_va, si->shared_info | 7, UVMF_INVLPG);
+        struct shared_info *s = (struct shared_info *)map_va;
+        memset(s->evtchn_mask, 0xff, sizeof(s->evtchn_mask));
+        memset(s->evtchn_pending, 0, sizeof(s->evtchn_pending));
+        s->vcpu_info[0].evtchn_pending_sel = 0;
+        s->vcpu_info[0].evtchn_upcall_pending = 0;
+        HYPERVISOR_vcpu_op(VCPUOP_stop_periodic_timer, 0, 0);
+        HYPERVISOR_set_timer_op(0);
+        HYPERVISOR_sched_op(SCHEDOP_block, 0);
+        printk("selftest: woke up from a block that nothing could end\n");
+    } else if (is("consolecorrupt")) {
+        struct xencons_interface *r = mfn_to_virt(si->console.domU.mfn);
+        r->out_prod = r->out_cons + 100000;
+        struct evtchn_send send = { .port = si->console.domU.evtchn };
+        HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
+        hv_printf("selftest: still running after corrupting the console ring\n");
+        HYPERVISOR_shutdown(SHUTDOWN_poweroff);
+    } else {
+        printk("selftest: unknown scenario\n");
+        failures++;
+    }
+    finish();
+    for (;;)
+        ;
+}

@@ -1,0 +1,15 @@
+#ifndef SELFTEST_H
+#define SELFTEST_H
+#include "console.h"
+#include "hypercall.h"
+#include "lib.h"
+
+extern struct start_info *si;
+extern unsigned long entry_rsp;
+extern int failures;
+
+void expect(const char *what, long got, long want);
+void run_layout(void);
+void run_badptr(void);
+void run_mmu(void);
+#endif

@@ -1,0 +1,42 @@
+"""Shared helpers for tests that boot guests."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from typing import Optional
+
+from miniguest import Domain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUESTS = os.path.join(ROOT, "tests", "guests")
+SAMPLES = os.path.join(ROOT, "miniguest", "samples")
+SELFTEST = os.path.join(GUESTS, "selftest.elf")
+HELLO = os.path.join(SAMPLES, "hello.elf")
+
+
+def boot(path: str, **options) -> Domain:
+    """Build and run a domain to its end; the caller closes it."""
+    dom = Domain.from_elf(path, **options)
+    dom.run()
+    return dom
+
+
+def selftest(scenario: str, **options) -> Domain:
+    return boot(SELFTEST, cmdline=scenario, **options)
+
+
+def facts(text: str) -> dict[str, str]:
+    """`name = value [ok|FAIL ...]` lines printed by the selftest guest."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z0-9_]+) = (\S+)(?: (ok|FAIL).*)?$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def cli(*args: str, timeout: float = 120, input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "miniguest.cli", *args], capture_output=True, timeout=timeout,
+                          cwd=ROOT, input=input)
