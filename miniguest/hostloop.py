@@ -21,26 +21,50 @@ class HostLoop:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        self._handlers: dict[int, list[Optional[Callable[[], None]]]] = {}   # fd -> [on_readable, on_writable]
+        self._set(self._wake_r, 0, self._drain_wake)
         self._kick: Optional[Callable[[], None]] = None
         self._lock = threading.Lock()
         self.closed = False
 
     # -- registration -------------------------------------------------------------------------------------
+    def _set(self, fd: int, which: int, callback: Optional[Callable[[], None]]) -> None:
+        handlers = self._handlers.get(fd, [None, None])
+        handlers[which] = callback
+        events = (selectors.EVENT_READ if handlers[0] else 0) | (selectors.EVENT_WRITE if handlers[1] else 0)
+        try:
+            if fd in self._handlers:
+                if events:
+                    self._selector.modify(fd, events, handlers)
+                else:
+                    self._selector.unregister(fd)
+            elif events:
+                self._selector.register(fd, events, handlers)
+        except (KeyError, ValueError, OSError):
+            pass
+        if events:
+            self._handlers[fd] = handlers
+        else:
+            self._handlers.pop(fd, None)
+
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call `callback()` on the loop thread whenever `fd` is readable."""
-        self._selector.register(fd, selectors.EVENT_READ, callback)
+        self._set(fd, 0, callback)
 
     def remove_reader(self, fd: int) -> None:
-        try:
-            self._selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+        self._set(fd, 0, None)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback()` on the loop thread whenever `fd` is writable (until remove_writer)."""
+        self._set(fd, 1, callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self._set(fd, 1, None)
 
     @property
     def has_readers(self) -> bool:
         """True when something other than the wake pipe is registered (host input may arrive)."""
-        return len(self._selector.get_map()) > 1
+        return len(self._handlers) > 1
 
     def set_kick(self, kick: Optional[Callable[[], None]]) -> None:
         """What to call (from any thread) to make a running CPU return to the loop soon."""
@@ -65,8 +89,12 @@ class HostLoop:
         did = self._run_calls()
         if did and timeout != 0.0:
             timeout = 0.0
-        for key, _ in self._selector.select(timeout):
-            key.data()
+        for key, events in self._selector.select(timeout):
+            reader, writer = key.data
+            if events & selectors.EVENT_READ and reader is not None:
+                reader()
+            if events & selectors.EVENT_WRITE and writer is not None and key.fd in self._handlers:
+                writer()
             did = True
         return self._run_calls() or did
 
