@@ -46,6 +46,14 @@ void guest_main(struct start_info *start)
             nonzero |= bss_probe[i];
         expect("bss_zero", nonzero == 0, 1);
         run_layout();
+    } else if (is("bench")) {
+        /* bench WHAT N */
+        char *what = strchr(si->cmd_line, ' ');
+        char *num = what ? strchr(what + 1, ' ') : 0;
+        if (what && num) {
+            *num = 0;
+            run_bench(what + 1, strtoul(num + 1, 0, 0));
+        }
     } else if (is("badptr")) {
         run_badptr();
     } else if (is("mmu")) {
