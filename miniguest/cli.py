@@ -25,6 +25,23 @@ EXIT_INTERRUPTED = 130
 SHUTDOWN_EXIT = {"poweroff": EXIT_POWEROFF, "reboot": EXIT_REBOOT, "suspend": EXIT_SUSPEND,
                  "crash": EXIT_CRASH, "watchdog": EXIT_WATCHDOG, "soft_reset": EXIT_REBOOT}
 MAX_RESTARTS = 16
+# Feature modules that add subcommands and `boot` options. Each may define:
+#   register(subparsers)                   add its own subcommands
+#   add_domain_options(parser)             add options to boot (and other commands that build a domain)
+#   configure_domain(domain, args)         act on those options once the domain is built
+COMMAND_MODULES = ("miniguest.debug.commands", "miniguest.regress.commands")
+
+
+def _feature_modules() -> list:
+    import importlib
+    mods = []
+    for name in COMMAND_MODULES:
+        try:
+            mods.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    return mods
 
 
 def _err(msg: str) -> None:
@@ -62,6 +79,9 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
                    help="serve the xenstore on a Unix socket (for xenstore-ls etc.: XENSTORED_PATH=PATH)")
     p.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
     p.add_argument("--console-log", metavar="FILE", help="also write the guest console to FILE")
+    for mod in _feature_modules():
+        if hasattr(mod, "add_domain_options"):
+            mod.add_domain_options(p)
 
 
 def build_from_args(args: argparse.Namespace, console_sinks: list):
@@ -86,6 +106,9 @@ def build_from_args(args: argparse.Namespace, console_sinks: list):
     if args.log_hypercalls:
         from miniguest.debug.hclog import HypercallLog
         dom.hypercall_observers.append(HypercallLog(sys.stderr))
+    for mod in _feature_modules():
+        if hasattr(mod, "configure_domain"):
+            mod.configure_domain(dom, args)
     return dom, kernel, opts, actions
 
 
@@ -121,8 +144,6 @@ def cmd_boot(args: argparse.Namespace) -> int:
             except ConfigError as e:
                 _err(str(e))
                 return EXIT_ERROR
-            if not args.quiet and sys.stdin.isatty() is False and hasattr(sys.stdin, "fileno"):
-                pass
             try:
                 state = dom.run()
             except KeyboardInterrupt:
@@ -189,6 +210,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p_samples = sub.add_parser("samples", help="list the bundled sample guests")
     p_samples.set_defaults(func=cmd_samples)
     sub.add_parser("store", help="talk to a running guest's xenstore socket (see `miniguest store --help`)")
+    for mod in _feature_modules():
+        if hasattr(mod, "register"):
+            mod.register(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
