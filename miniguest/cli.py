@@ -39,8 +39,8 @@ def _feature_modules() -> list:
         try:
             mods.append(importlib.import_module(name))
         except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise                   # a missing dependency inside the module is a real error
     return mods
 
 
