@@ -247,9 +247,12 @@ class Domain:
             v.uc.emu_stop()
 
     def pause(self) -> None:
-        """Ask a running domain to pause at the next opportunity (safe from any thread)."""
+        """Ask a running domain to pause at the next opportunity (safe from any thread): the CPU is kicked
+        out of its run slice, or the loop is woken if it sleeps waiting for host I/O."""
         self._pause_requested.set()
         self.kick()
+        if not self.host.loop.closed:
+            self.host.loop.call_soon(lambda: None)
 
     def kick(self) -> None:
         for v in self.vcpus:
@@ -327,7 +330,7 @@ class Domain:
             self.clock.skip_to(deadline)
             return True
         if self.host.loop.has_readers:
-            self.host.loop.poll(None)
+            self.host.loop.poll(None)          # wait for host input (a socket client, a terminal)
             return True
         self.state = HUNG
         self.log("the guest is blocked with no timer armed and no event source that could wake it")
