@@ -75,6 +75,8 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scramble-mfns", action="store_true",
                    help="give the guest machine frames in a shuffled order (catches pfn/mfn confusion)")
     p.add_argument("--log-hypercalls", action="store_true", help="print every hypercall on stderr")
+    p.add_argument("--realtime", action="store_true",
+                   help="guest time follows the host clock (default: virtual time, reproducible runs)")
     p.add_argument("--store-socket", metavar="PATH",
                    help="serve the xenstore on a Unix socket (for xenstore-ls etc.: XENSTORED_PATH=PATH)")
     p.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
@@ -102,6 +104,7 @@ def build_from_args(args: argparse.Namespace, console_sinks: list):
 
     actions = {k: opts.pop(k) for k in list(opts) if k.startswith("on_")}
     dom = create_domain(kernel, max_instructions=args.max_insns, scramble_mfns=args.scramble_mfns,
+                        realtime=args.realtime,
                         console_output=sink, store_socket=args.store_socket, **opts)
     if args.log_hypercalls:
         from miniguest.debug.hclog import HypercallLog

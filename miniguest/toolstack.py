@@ -31,7 +31,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   scramble_mfns: bool = False, max_instructions: Optional[int] = None,
                   console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
-                  poison_memory: bool = False, **extra: Any) -> Domain:
+                  poison_memory: bool = False, realtime: bool = False, **extra: Any) -> Domain:
     image = parse_kernel(kernel)
     if isinstance(module, str):
         try:
@@ -43,7 +43,8 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
         raise ImageError(f"memory must be between 1 and 4096 MiB (got {memory_mib})")
     config = DomainConfig(name=name or os.path.splitext(os.path.basename(kernel))[0], memory_mib=memory_mib,
                           cmdline=cmdline, module=module, scramble_mfns=scramble_mfns,
-                          max_instructions=max_instructions, poison_memory=poison_memory, extra=dict(extra))
+                          max_instructions=max_instructions, poison_memory=poison_memory, realtime=realtime,
+                          extra=dict(extra))
     if wallclock is not None:
         config.wallclock = wallclock
     domain, builder = build_domain(image, config, host)

@@ -61,6 +61,7 @@ class DomainConfig:
     uuid: Optional[str] = None
     max_evtchn_ports: int = 1023
     poison_memory: bool = False       # fill RAM with 0xA5 before building: catches code assuming zeroed RAM
+    realtime: bool = False            # system time follows the host clock (not reproducible)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -139,7 +140,9 @@ class Domain:
         load_families()
         for i in range(count):
             self.vcpus.append(Vcpu(self, i))
-        self.clock = VirtualClock(self.vcpus[0].count_block)
+        from miniguest.hypervisor.vclock import RealtimeClock
+        clock_type = RealtimeClock if self.config.realtime else VirtualClock
+        self.clock = clock_type(self.vcpus[0].count_block)
         self.clock.attach(self.vcpus[0].uc)
 
     @property
@@ -327,7 +330,11 @@ class Domain:
             cb()
         if deadline is not None:
             self.emit("idle", until=deadline)
-            self.clock.skip_to(deadline)
+            if self.clock.realtime:
+                # Sleep on the host loop, so host input is serviced while we wait for the timer.
+                self.host.loop.poll(max(0.0, (deadline - self.clock.now_ns()) / 1e9))
+            else:
+                self.clock.skip_to(deadline)
             return True
         if self.host.loop.has_readers:
             self.host.loop.poll(None)          # wait for host input (a socket client, a terminal)

@@ -123,6 +123,40 @@ class VirtualClock:
         if ns > now:
             self.idle_ns += ns - now
 
+    realtime = False
+
     def flush_cache(self) -> None:
         """Forget block instruction counts (after guest code is rewritten in place by the hypervisor)."""
         self._lib.vclock_flush_cache(ctypes.byref(self._c))
+
+
+class RealtimeClock(VirtualClock):
+    """`--realtime`: system time follows the host's monotonic clock instead of guest work.
+
+    Runs are no longer reproducible. Instructions are still counted (for budgets and as the unit of a run
+    slice): with a timer armed the CPU is stopped every SLICE instructions so the host clock can be checked,
+    and an idle guest sleeps on the host until its next deadline.
+    """
+
+    SLICE = 200_000
+    realtime = True
+
+    def __init__(self, count_block: Callable[[int, int], int]) -> None:
+        super().__init__(count_block)
+        import time
+        self._time = time
+        self._t0 = time.monotonic_ns()
+
+    def now_ns(self) -> int:
+        return self._time.monotonic_ns() - self._t0
+
+    def set_deadline(self, ns: Optional[int]) -> None:
+        if ns is None:
+            self._c.deadline = NEVER
+        else:
+            self._c.deadline = self._c.icount + (self.SLICE if ns > self.now_ns() else 0)
+
+    def skip_to(self, ns: int) -> None:
+        remaining = ns - self.now_ns()
+        if remaining > 0:
+            self._time.sleep(remaining / 1e9)

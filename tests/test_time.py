@@ -1,0 +1,35 @@
+"""Virtual time (default) against --realtime, seen by a guest that sleeps with SCHEDOP_poll + timeout."""
+from __future__ import annotations
+
+import re
+import time
+
+from guestlib import selftest
+
+
+def slept_ns(text: str) -> int:
+    m = re.search(r"slept: rc=0 elapsed_ns=(\d+)", text)
+    assert m, text
+    return int(m.group(1))
+
+
+def test_virtual_time_jumps_over_idle_periods_and_is_exact():
+    t = time.perf_counter()
+    dom = selftest("sleep 2000")
+    wall = time.perf_counter() - t
+    elapsed = slept_ns(dom.console.text)
+    assert 2_000_000_000 <= elapsed < 2_000_000_100     # the deadline, plus the few instructions after it
+    assert wall < 1.5                                    # two guest seconds, no host waiting
+    again = selftest("sleep 2000")
+    assert slept_ns(again.console.text) == elapsed       # deterministic
+    dom.close()
+    again.close()
+
+
+def test_realtime_follows_the_host_clock():
+    t = time.perf_counter()
+    dom = selftest("sleep 300", realtime=True)
+    wall = time.perf_counter() - t
+    assert slept_ns(dom.console.text) >= 300_000_000
+    assert wall >= 0.3
+    dom.close()
