@@ -6,6 +6,8 @@ from typing import Optional
 
 SAMPLES: dict[str, str] = {
     "hello": "prints through console_io and the console ring, checks a few hypercalls, powers off",
+    "minios": "boots like upstream Mini-OS (page tables, events, timer, console ring, grant table, threads), "
+              "prints T(s= us=) every second; cmdline ticks=N (0: forever)",
 }
 DEFAULT = "hello"
 

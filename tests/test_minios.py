@@ -1,0 +1,186 @@
+"""The minios sample: a Mini-OS-shaped guest booted through the public API and the CLI.
+
+What a user sees (the console transcript, the exit status) and what the guest did to the hypervisor's state
+(its page tables, pinned frames, the per-CPU GS base), checked against the domain the toolstack built, so
+that a change in either the firmware or the hypervisor that breaks Mini-OS's boot path shows up here.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from typing import Any, Optional
+
+import pytest
+
+from miniguest import Domain, samples
+from miniguest.hypervisor import domain as D
+
+MINIOS = samples.path("minios")
+PAGE = 4096
+_PAGE_RW = 2
+T_LINE = re.compile(r"^T\(s=(\d+) us=(\d+)\)$", re.M)
+
+
+class HypercallRecorder:
+    """A hypercall observer: the (nr, args, result) sequence of a run."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, tuple[int, ...], Optional[int]]] = []
+
+    def before(self, vcpu: Any, nr: int, args: tuple[int, ...]) -> None:
+        pass
+
+    def after(self, vcpu: Any, nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
+        self.calls.append((nr, tuple(args), result))
+
+    def of(self, nr: int) -> list[tuple[int, tuple[int, ...], Optional[int]]]:
+        return [c for c in self.calls if c[0] == nr]
+
+
+def boot(cmdline: str = "", **options: Any) -> tuple[Domain, HypercallRecorder]:
+    assert MINIOS is not None, "minios.elf is not shipped"
+    dom = Domain.from_elf(MINIOS, cmdline=cmdline, **options)
+    rec = HypercallRecorder()
+    dom.hypercall_observers.append(rec)
+    dom.run()
+    return dom, rec
+
+
+@pytest.fixture(scope="module")
+def default_run() -> tuple[Domain, HypercallRecorder]:
+    return boot()
+
+
+def test_registered_as_sample() -> None:
+    assert "minios" in samples.SAMPLES and MINIOS is not None
+
+
+def test_transcript_start_of_day(default_run: tuple[Domain, HypercallRecorder]) -> None:
+    dom, _ = default_run
+    text = dom.console.text
+    layout = dom.layout
+    lines = text.splitlines()
+    assert lines[0] == "Bootstrapping..."
+    assert lines[1] == "Xen Minimal OS!"
+    # The banner reports what the domain builder really gave the guest.
+    assert f"  start_info: {layout.start_info:#x}(VA)" in lines
+    assert f"    nr_pages: {dom.nr_pages:#x}" in lines
+    assert f"  shared_inf: 0x{dom.xen.shared_info_mfn * PAGE:08x}(MA)" in lines
+    assert f"     pt_base: {layout.pt_base:#x}(VA)" in lines
+    assert f"nr_pt_frames: {layout.nr_pt_frames:#x}" in lines
+    assert f"    mfn_list: {layout.p2m_start:#x}(VA)" in lines
+    assert "    cmd_line: " in lines
+    # Memory: everything from the page after the bootstrap tables up to the end of RAM gets mapped.
+    first_free = layout.pfn(layout.pt_base) + layout.nr_pt_frames
+    assert f"  start_pfn: {first_free:x}" in lines
+    assert f"    max_pfn: {dom.nr_pages:x}" in lines
+    assert f"Mapping memory range {first_free * PAGE:#x} - {dom.nr_pages * PAGE:#x}" in lines
+    assert "skipped 0x1000" in lines                     # shared_info is in text but must stay writable
+    for expected in ("MM: done", "Initialising timer interface", "Initialising console ... done.",
+                     "gnttab_table mapped at 0x8000000000.", "Initialising scheduler",
+                     "Periodic thread started.", "Periodic thread done after 3 ticks: powering off."):
+        assert expected in lines, expected
+
+
+def test_every_line_once(default_run: tuple[Domain, HypercallRecorder]) -> None:
+    """Early lines go to console_io and the ring; the user must see each exactly once."""
+    dom, _ = default_run
+    lines = dom.console.text.splitlines()
+    assert len(lines) == len(set(lines)), [ln for ln in lines if lines.count(ln) > 1]
+    # Mini-OS sends "\r\n" on the ring, plain "\n" to console_io.
+    assert b"Xen Minimal OS!\r\n" in dom.console.raw["ring"]
+    assert b"Xen Minimal OS!\n" in dom.console.raw["hypervisor"]
+    assert b"T(s=" not in dom.console.raw["hypervisor"]  # after init_console: the ring only
+    assert b"Bootstrapping...\n" not in dom.console.raw["ring"]
+
+
+def test_periodic_lines_and_poweroff(default_run: tuple[Domain, HypercallRecorder]) -> None:
+    dom, _ = default_run
+    ticks = [(int(s), int(us)) for s, us in T_LINE.findall(dom.console.text)]
+    assert len(ticks) == 3
+    wc_sec = dom.config.wallclock[0]
+    times = [s * 1_000_000 + us for s, us in ticks]
+    assert ticks[0][0] == wc_sec                        # virtual time starts at the configured wallclock
+    for a, b in zip(times, times[1:]):
+        assert 1_000_000 <= b - a < 1_010_000           # msleep(1000) in virtual time, small overhead
+    assert dom.state == D.SHUTDOWN and dom.shutdown_reason == "poweroff"
+
+
+def test_boot_path_hypercalls(default_run: tuple[Domain, HypercallRecorder]) -> None:
+    dom, rec = default_run
+    from miniguest.abi import xen as X
+    names = [nr for nr, _, _ in rec.calls]
+    # arch_init: console_io first, then the trap table and callbacks, then shared_info mapped.
+    assert names[:4] == [X.HYPERVISOR_console_io, X.HYPERVISOR_set_trap_table, X.HYPERVISOR_set_callbacks,
+                         X.HYPERVISOR_update_va_mapping]
+    va, pte, _ = rec.calls[3][1][:3]
+    assert va % PAGE == 0 and pte >> 12 == dom.xen.shared_info_mfn
+    # Page 0 is unmapped with update_va_mapping(0, 0, ...).
+    assert any(args[0] == 0 and args[1] == 0 for _, args, r in rec.of(X.HYPERVISOR_update_va_mapping) if r == 0)
+    assert all(r == 0 for nr, _, r in rec.calls if nr in (X.HYPERVISOR_mmu_update, X.HYPERVISOR_mmuext_op))
+    # Returns from upcalls are native iretq (kernel -> kernel): never the iret hypercall.
+    assert not rec.of(X.HYPERVISOR_iret)
+
+
+def test_page_tables_after_init_mm(default_run: tuple[Domain, HypercallRecorder]) -> None:
+    dom, _ = default_run
+    vcpu = dom.vcpus[0]
+    aspace = vcpu.aspace
+    assert aspace.walk(0) is None                                     # NULL page unmapped
+    text = dom.symbols.address_of("hypercall_page")
+    assert text is not None and not aspace.walk(text)[1] & _PAGE_RW  # text read-only
+    last = (dom.nr_pages - 1) * PAGE
+    ma, flags = aspace.walk(last)                                     # all RAM mapped 1:1, writable
+    assert ma >> 12 == dom.p2m[dom.nr_pages - 1] and flags & _PAGE_RW
+    # The L1s new_pt_frame made are pinned, and so are the L3/L2/L1 behind the grant table mapping.
+    pinned = sum(dom.frames.pinned)
+    assert pinned >= 1 + (dom.nr_pages * PAGE - dom.layout.virt_pgtab_end) // (2 << 20) + 3
+    gnt = aspace.walk(0x8000000000)
+    assert gnt is not None and gnt[0] >> 12 == dom.grant_frames[0]
+    shared = dom.symbols.address_of("shared_info")
+    assert aspace.walk(shared)[0] >> 12 == dom.xen.shared_info_mfn
+
+
+def test_gs_base_points_at_the_per_cpu_area(default_run: tuple[Domain, HypercallRecorder]) -> None:
+    """init_events writes MSR_GS_BASE with wrmsr (emulated): the upcall path relies on %gs:0/%gs:8."""
+    dom, _ = default_run
+    pda = dom.symbols.address_of("cpu0_pda")
+    assert pda is not None and dom.vcpus[0].uc.msr_read(0xC0000101) == pda
+
+
+def test_two_runs_are_identical() -> None:
+    a, ra = boot()
+    b, rb = boot()
+    assert bytes(a.console.merged) == bytes(b.console.merged)
+    assert ra.calls == rb.calls and len(ra.calls) > 100
+
+
+def test_scrambled_mfns() -> None:
+    """pfn != mfn everywhere: every mfn/pfn conversion in the guest's page-table code must be right."""
+    dom, _ = boot(scramble_mfns=True, cmdline="ticks=1")
+    assert dom.state == D.SHUTDOWN and dom.shutdown_reason == "poweroff", dom.crash_report
+    assert len(T_LINE.findall(dom.console.text)) == 1
+
+
+@pytest.mark.parametrize("mib", [8, 96])
+def test_memory_sizes(mib: int) -> None:
+    dom, _ = boot(memory_mib=mib, cmdline="ticks=1")
+    assert dom.state == D.SHUTDOWN, dom.crash_report
+    assert f"    nr_pages: {mib * 256:#x}" in dom.console.text.splitlines()
+
+
+def test_cmdline_ticks() -> None:
+    dom, _ = boot(cmdline="ticks=5")
+    assert "    cmd_line: ticks=5" in dom.console.text.splitlines()
+    assert len(T_LINE.findall(dom.console.text)) == 5
+
+
+def test_cli_boot() -> None:
+    p = subprocess.run([sys.executable, "-m", "miniguest.cli", "boot", "minios", "-c", "ticks=2"],
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode().replace("\r\n", "\n")
+    assert out.startswith("Bootstrapping...\nXen Minimal OS!\n")
+    assert len(T_LINE.findall(out)) == 2
+    assert b"shut down: poweroff" in p.stderr
