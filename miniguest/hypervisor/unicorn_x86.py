@@ -145,6 +145,31 @@ def hook_rdtsc(uc: Uc, callback, insn: int) -> int:
     return handle.value
 
 
+_VOID_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def hook_syscall_raw(uc: Uc, callback) -> int:
+    """Install `callback()` for every `syscall` with a bare ctypes callback: the binding's generic wrapper
+    costs about a microsecond per hypercall. Exceptions follow the binding's convention (stop the CPU,
+    re-raised by emu_start)."""
+    def cb(_uc: int, _ud: int) -> None:
+        try:
+            callback()
+        except BaseException as e:
+            if uc._hook_exception is None:
+                uc._hook_exception = e
+            uc.emu_stop()
+    fn = _VOID_CB(cb)
+    handle = uc_hook_h()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN, ctypes.cast(fn, ctypes.c_void_p),
+                               None, ctypes.c_uint64(1), ctypes.c_uint64(0),
+                               ctypes.c_int(X.UC_X86_INS_SYSCALL))
+    if status:
+        raise UcError(status)
+    uc._callbacks[handle.value] = fn
+    return handle.value
+
+
 def seg_descriptor(code: bool, dpl: int, long_mode: bool = True) -> int:
     """A flat (base 0, limit 4G) GDT descriptor, accessed bit preset so the CPU never writes it back."""
     if code:

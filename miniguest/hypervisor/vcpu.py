@@ -9,12 +9,14 @@ the only block hook is the C clock in _vclock.c.
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 from typing import TYPE_CHECKING, Optional
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_MODE_64,
                      UC_PROT_ALL, Uc, UcError)
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
 from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KERNEL_SS, GDT_SIZE,
                                     MSR_EFER, PFEC_user_mode, TI_DPL_MASK, TI_MASK_EVENTS, TRAP_gp_fault,
@@ -22,11 +24,22 @@ from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KER
 from miniguest.abi.callback import CALLBACKF_mask_events
 from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
 from miniguest.hypervisor.memory import AddressSpace, GuestFault
-from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, read_exception_state
+from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, hook_syscall_raw, read_exception_state
 from miniguest.hypervisor.xen_area import ENTRY_STUB_VA, GDT_VIRT_START, HV_STACK_VA, NEVER_EXECUTED_VA
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
+
+_dispatch_fn = None
+
+
+def _dispatch():
+    """hypercalls.dispatch, imported on first use (hypercalls imports the families, which import us)."""
+    global _dispatch_fn
+    if _dispatch_fn is None:
+        from miniguest.hypervisor.hypercalls import dispatch
+        _dispatch_fn = dispatch
+    return _dispatch_fn
 
 _U64 = struct.Struct("<Q")
 EFLAGS_IF = 1 << 9
@@ -70,6 +83,9 @@ class Vcpu:
         self.hc_regs = RegBatch(uc, (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
                                      X.UC_X86_REG_R10, X.UC_X86_REG_R8))
         self.gprs = RegBatch(uc, GPR_IDS)
+        self._uch = uc._uch
+        self._rax = ctypes.c_uint64()
+        self._rax_ref = ctypes.byref(self._rax)
         self.frame_regs = RegBatch(uc, (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_EFLAGS,
                                         X.UC_X86_REG_RCX, X.UC_X86_REG_R11))
         # PV state (Xen's struct pv_vcpu).
@@ -124,7 +140,7 @@ class Vcpu:
 
     def _install_hooks(self) -> None:
         uc = self.uc
-        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        hook_syscall_raw(uc, self._on_syscall)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid_insn)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
@@ -297,7 +313,7 @@ class Vcpu:
         self.uc.emu_stop()
         return None
 
-    def _on_syscall(self, uc: Uc, _: object) -> None:
+    def _on_syscall(self) -> None:
         self.in_syscall_hook = True
         try:
             self._guard(self._syscall)
@@ -309,10 +325,11 @@ class Vcpu:
             self._user_syscall()
             return
         nr, a1, a2, a3, a4, a5 = self.hc_regs.read()
-        from miniguest.hypervisor.hypercalls import dispatch
-        result = dispatch(self, nr, a1, a2, a3, a4, a5)
+        result = _dispatch()(self, nr, a1, a2, a3, a4, a5)
         if result is not None:
-            self.uc.reg_write(X.UC_X86_REG_RAX, result & (2**64 - 1))
+            # The hot path: one direct C call instead of the binding's generic reg_write (~3x faster).
+            self._rax.value = result & 0xFFFFFFFFFFFFFFFF
+            uclib.uc_reg_write(self._uch, X.UC_X86_REG_RAX, self._rax_ref)
         if self.domain.running and not self.blocked:
             self.deliver_events()
 
