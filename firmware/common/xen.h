@@ -106,6 +106,7 @@ struct mmu_update { uint64_t ptr; uint64_t val; };
 #define MMUEXT_NEW_BASEPTR     5
 #define MMUEXT_TLB_FLUSH_LOCAL 6
 #define MMUEXT_INVLPG_LOCAL    7
+#define MMUEXT_NEW_USER_BASEPTR 15
 struct mmuext_op { unsigned int cmd; union { unsigned long mfn; unsigned long linear_addr; } arg1;
                    union { unsigned int nr_ents; const void *vcpumask; } arg2; };
 #define UVMF_NONE      0

@@ -70,6 +70,12 @@ void guest_main(struct start_info *start)
         long rc = HYPERVISOR_sched_op(SCHEDOP_poll, &poll);
         unsigned long t1 = rdtsc_ns();
         printk("slept: rc=%ld elapsed_ns=%lu\n", rc, t1 - t0);
+    } else if (is("evtchn")) {
+        run_evtchn();
+        hv_printf("selftest: %d failures\n", failures);
+        HYPERVISOR_shutdown(failures ? SHUTDOWN_crash : SHUTDOWN_poweroff);
+    } else if (is("usermode")) {
+        run_usermode();
     } else if (is("badptr")) {
         run_badptr();
     } else if (is("mmu")) {

@@ -355,10 +355,9 @@ class EventChannels:
     def reset(self, dom: int) -> None:
         if self._resolve_dom(dom) != self.domain.domid:
             raise EvtchnError(-errno.EPERM, "reset of another domain's ports")
+        # Like Xen's evtchn_reset: every port is closed, the toolstack's too (dom0's ends go back to
+        # unbound, so the guest can bind to them again with EVTCHNOP_bind_interdomain).
         for port in sorted(self.ports):
-            p = self.ports[port]
-            if p.state == EVTCHNSTAT_interdomain and p.remote_dom == 0:
-                continue        # toolstack channels (console, store) survive, as dom0 still holds them
             self.close(port)
 
     # -- hypervisor side ----------------------------------------------------------------------------------
