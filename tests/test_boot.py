@@ -51,7 +51,8 @@ def test_console_log_file_and_quiet(tmp_path):
     assert log.read_bytes().decode().replace("\r\n", "\n").count("7/7 checks passed") == 1
 
 
-@pytest.mark.parametrize("scenario,code", [("reboot", 4), ("crash", 3), ("hang", 8), ("earlyfault", 3)])
+@pytest.mark.parametrize("scenario,code", [("reboot", 4), ("crash", 3), ("hang", 8), ("earlyfault", 3),
+                                           ("suspend", 5), ("watchdog", 6)])
 def test_cli_exit_codes(scenario, code):
     r = cli("boot", SELFTEST, "--cmdline", scenario, "--quiet")
     assert r.returncode == code, r.stderr.decode()

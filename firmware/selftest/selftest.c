@@ -74,6 +74,18 @@ void guest_main(struct start_info *start)
         run_evtchn();
         hv_printf("selftest: %d failures\n", failures);
         HYPERVISOR_shutdown(failures ? SHUTDOWN_crash : SHUTDOWN_poweroff);
+    } else if (is("hypercalls")) {
+        run_hypercalls();
+    } else if (is("suspend")) {
+        HYPERVISOR_shutdown(SHUTDOWN_suspend);
+    } else if (is("watchdog")) {
+        /* Arm a 2-second watchdog and never feed it: the domain is shut down with SHUTDOWN_watchdog. */
+        struct { uint32_t id, timeout; } wd = { 0, 2 };
+        long id = HYPERVISOR_sched_op(6, &wd);
+        printk("watchdog id = %ld\n", id);
+        struct sched_poll poll = { .ports = 0, .nr_ports = 0, .timeout = 10000000000UL };
+        for (;;)
+            HYPERVISOR_sched_op(SCHEDOP_poll, &poll);     /* sleep: the watchdog fires at 2 s */
     } else if (is("usermode")) {
         run_usermode();
     } else if (is("badptr")) {
