@@ -81,3 +81,34 @@ def test_a_line_printed_twice_by_one_source_is_shown_twice():
     log.write(HV, b"tick\ntick\n")
     log.write(RING, b"tick\r\n")
     assert log.text == "tick\ntick\n"
+
+
+def test_partial_line_shown_when_idle_then_completed_once():
+    log = ConsoleLog()
+    log.write(HV, b"Initialising console ... ")
+    log.flush()                                    # the guest went idle: the prompt is shown
+    assert log.text == "Initialising console ... "
+    log.write(HV, b"done.\n")
+    log.write(RING, b"Initialising console ... done.\r\n")
+    log.write(RING, b"next\r\n")
+    log.flush()
+    assert log.text == "Initialising console ... done.\nnext\n"
+
+
+def test_partial_line_the_other_source_already_completed_is_not_repeated():
+    log = ConsoleLog()
+    log.write(HV, b"Initialising console ... ")           # console_io only, never finished there
+    log.write(RING, b"Initialising console ... done.\r\n")
+    log.flush()
+    log.write(RING, b"T(s=1)\r\n")
+    log.flush()
+    assert log.text == "Initialising console ... done.\nT(s=1)\n"
+
+
+def test_prompt_shown_then_completed_by_the_other_source():
+    log = ConsoleLog()
+    log.write(HV, b"login: ")
+    log.flush()
+    log.write(RING, b"login: root\r\n")
+    log.flush()
+    assert log.text == "login: root\n"

@@ -101,19 +101,30 @@ UNMATCHED_LINES = 4096
 
 
 class ConsoleLog:
-    """One domain's console output, merged from the hypervisor console and the PV console ring."""
+    """One domain's console output, merged from the hypervisor console and the PV console ring.
+
+    Complete lines are matched between the two sources: a line the other source already showed is not shown
+    again. Unfinished lines (a prompt) are shown when the guest goes idle (`flush`); a partial line that
+    the other source already showed in full, or that the other source completes, is not repeated.
+    """
 
     def __init__(self, sinks: Optional[list[Callable[[bytes], None]]] = None) -> None:
         self.sinks: list[Callable[[bytes], None]] = list(sinks or [])
         self.raw: dict[str, bytearray] = {HV: bytearray(), RING: bytearray()}
         self.merged = bytearray()
         self._partial: dict[str, bytearray] = {HV: bytearray(), RING: bytearray()}
+        self._shown: dict[str, int] = {HV: 0, RING: 0}         # bytes of the partial line already shown
+        self._covered: dict[str, bool] = {HV: False, RING: False}  # the other source showed this line
         self._unmatched: dict[str, deque[bytes]] = {HV: deque(maxlen=UNMATCHED_LINES),
                                                      RING: deque(maxlen=UNMATCHED_LINES)}
 
     @staticmethod
     def _key(line: bytes) -> bytes:
         return line.rstrip(b"\r\n")
+
+    @staticmethod
+    def _other(source: str) -> str:
+        return RING if source == HV else HV
 
     def write(self, source: str, data: bytes) -> None:
         self.raw[source] += data
@@ -125,10 +136,12 @@ class ConsoleLog:
                 break
             line = bytes(part[:nl + 1])
             del part[:nl + 1]
-            self._line(source, line)
+            shown, self._shown[source] = self._shown[source], 0
+            covered, self._covered[source] = self._covered[source], False
+            self._line(source, line, 0 if covered else shown)
 
-    def _line(self, source: str, line: bytes) -> None:
-        other = RING if source == HV else HV
+    def _line(self, source: str, line: bytes, shown: int = 0) -> None:
+        other = self._other(source)
         key = self._key(line)
         pending = self._unmatched[other]
         for i, seen in enumerate(pending):
@@ -137,20 +150,26 @@ class ConsoleLog:
                     pending.popleft()
                 return
         self._unmatched[source].append(key)
-        self._emit(line)
+        # The other source may have shown the beginning of this line already (a flushed prompt).
+        other_shown = self._shown[other]
+        if other_shown and not self._covered[other] and line.startswith(bytes(self._partial[other][:other_shown])):
+            self._covered[other] = True
+            shown = max(shown, other_shown)
+        self._emit(line[shown:])
 
     def flush(self) -> None:
-        """Show partial lines (a prompt without a newline) -- called when the guest goes idle or stops."""
+        """Show what has arrived of unfinished lines -- called when the guest goes idle or stops."""
         for source in (HV, RING):
             part = self._partial[source]
-            if part:
-                other = RING if source == HV else HV
-                key = self._key(bytes(part))
-                if self._unmatched[other] and self._unmatched[other][0].startswith(key) and key:
-                    part.clear()
-                    continue
-                self._emit(bytes(part))
-                part.clear()
+            shown = self._shown[source]
+            if len(part) <= shown or self._covered[source]:
+                continue
+            key = bytes(part)
+            if any(seen.startswith(key) for seen in self._unmatched[self._other(source)]):
+                self._covered[source] = True       # the other source already showed the whole line
+                continue
+            self._emit(key[shown:])
+            self._shown[source] = len(part)
 
     def _emit(self, data: bytes) -> None:
         self.merged += data

@@ -16,7 +16,7 @@ from miniguest.abi.callback import (CALLBACKF_mask_events, CALLBACKOP_register, 
 from miniguest.abi.xen import (HYPERVISOR_callback_op, HYPERVISOR_fpu_taskswitch, HYPERVISOR_iret,
                                HYPERVISOR_set_callbacks, HYPERVISOR_set_gdt, HYPERVISOR_set_segment_base,
                                HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_update_descriptor)
-from miniguest.hypervisor.hypercalls import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
 from miniguest.hypervisor.memory import GuestFault, canonical
 from miniguest.hypervisor.pagetable import PGT_seg_desc, PGT_writable, PageTypeError
 from miniguest.hypervisor.vcpu import EFLAGS_IF, EFLAGS_IOPL, EFLAGS_VM, GuestCrash, TrapEntry
