@@ -2,6 +2,7 @@
 """miniguest benchmarks, each against a baseline measured in the same process.
 
   boot        hello: boot-to-shutdown wall time (build + run), median of runs
+  minios      minios: boot-to-app_main and boot-to-shutdown wall time
   code        guest compute loop under miniguest vs the same machine code on bare Unicorn (ratio)
   hypercalls  no-op hypercalls (xen_version) vs a bare Unicorn `syscall` loop with a Python hook
   exceptions  int3 -> guest handler -> back, with a native iretq and with HYPERVISOR_iret
@@ -68,6 +69,29 @@ def bench_boot(reps: int) -> None:
     print(f"boot   hello boot-to-shutdown: {statistics.median(total) * 1000:.1f} ms "
           f"(build {statistics.median(total) * 1000 - statistics.median(runs) * 1000:.1f} ms, "
           f"run {statistics.median(runs) * 1000:.1f} ms), median of {reps}")
+
+
+MINIOS = os.path.join(ROOT, "miniguest", "samples", "minios.elf")
+
+
+def bench_minios(reps: int) -> None:
+    """Wall time from Domain.from_elf() to the first line app_main prints (and to shutdown)."""
+    to_main, total = [], []
+    for _ in range(reps):
+        seen: list[float] = []
+        t0 = time.perf_counter()
+
+        def sink(data: bytes) -> None:
+            if not seen and b"main: par=" in data:
+                seen.append(time.perf_counter())
+        dom = Domain.from_elf(MINIOS, console_output=sink)
+        dom.run()
+        total.append(time.perf_counter() - t0)
+        assert seen and dom.shutdown_reason == "poweroff"
+        to_main.append(seen[0] - t0)
+        dom.close()
+    print(f"minios boot-to-app_main: {statistics.median(to_main) * 1000:.1f} ms, boot-to-shutdown "
+          f"{statistics.median(total) * 1000:.1f} ms, median of {reps}")
 
 
 def bare_loop_seconds(iterations: int) -> float:
@@ -141,12 +165,14 @@ def bench_exceptions(n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="*", default=["boot", "code", "hypercalls", "exceptions"])
+    p.add_argument("which", nargs="*", default=["boot", "minios", "code", "hypercalls", "exceptions"])
     p.add_argument("--quick", action="store_true", help="smaller runs")
     a = p.parse_args()
     scale = 10 if a.quick else 1
     if "boot" in a.which:
         bench_boot(5)
+    if "minios" in a.which and os.path.exists(MINIOS):
+        bench_minios(5)
     if "code" in a.which:
         bench_code(30_000_000 // scale)
     if "hypercalls" in a.which:
