@@ -8,16 +8,21 @@ data (ints, strings, lists, dicts), so a trace of a deterministic run is byte-id
 machines once serialized (see to_json).
 
 Record kinds and their fields:
-  hypercall  vcpu, nr, name, subop (or null), args [ints], result (int or null), caller (int or null)
-  exception  vcpu, vector, error_code, rip, cr2, software
-  upcall     vcpu
-  event      port, what ("raise" on the guest side, "send" to dom0)
-  timer      vcpu, kind ("singleshot" | "periodic")
+  hypercall  vcpu, nr, name, subop (or null), args [ints], result (int or null), caller (int or null);
+             errno (name, when result is a negative errno), site ("function+0x1c" of the caller),
+             in / out (decoded argument structs and results, miniguest.regress.decoders; absent when
+             there is nothing to decode), blocked (true when the call left the vCPU blocked)
+  exception  vcpu, vector, error_code, rip, cr2, software; site (symbolized rip)
+  upcall     vcpu; pending (ports pending and unmasked at delivery)
+  event      port, what ("raise" on the guest side, "send" to dom0); to (what the port is bound to), vcpu
+  timer      vcpu, timer ("singleshot" | "periodic")
   console    source ("hypervisor" | "ring"), data (str, latin-1)
+  xenstore   dir ("request" | "reply" | "event"), domid, type (e.g. "READ"), req_id, tx_id, args [str]
+  inject     target ("hypercall" | "event" | "xenstore"), rule, and what was injected (miniguest.regress)
   privop     vcpu, rip, insn (hex bytes)
   idle       until (ns)
   shutdown   reason          crash  why          log  message
-Other layers may emit further kinds (e.g. "xenstore"); consumers must ignore kinds they do not know.
+Other layers may emit further kinds; consumers must ignore kinds and fields they do not know.
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from miniguest.abi.errno import name as errno_name
 from miniguest.debug.hclog import call_site
 from miniguest.hypervisor.hypercalls import TABLE, name_of
+from miniguest.regress.decoders import decode_inputs, decode_outputs, symbolize
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
 
 TRACE_FORMAT_VERSION = 1
 ALL_KINDS = frozenset({"hypercall", "exception", "upcall", "event", "timer", "console", "privop", "idle",
-                       "shutdown", "crash", "log"})
+                       "shutdown", "crash", "log", "xenstore", "inject"})
 
 
 @dataclass
@@ -65,11 +72,14 @@ def _plain(value: Any) -> Any:
 
 
 class Tracer:
-    """Collects records from one domain. `kinds` limits what is kept (None: everything)."""
+    """Collects records from one domain. `kinds` limits what is kept (None: everything); `decode` adds the
+    decoded argument structs and results of hypercalls (`in`/`out`)."""
 
     def __init__(self, domain: "Domain", kinds: Optional[Iterable[str]] = None,
-                 sink: Optional[Callable[[TraceRecord], None]] = None, keep: bool = True) -> None:
+                 sink: Optional[Callable[[TraceRecord], None]] = None, keep: bool = True,
+                 decode: bool = True) -> None:
         self.domain = domain
+        self.decode = decode
         self.kinds = frozenset(kinds) if kinds is not None else None
         self.records: list[TraceRecord] = []
         self.sinks: list[Callable[[TraceRecord], None]] = [sink] if sink else []
@@ -84,6 +94,9 @@ class Tracer:
             self.domain.hypercall_observers.append(self)
             self.domain.trace_sinks.append(self._on_emit)
             self.domain.events.on_raise.append(self._on_event)
+            daemon = getattr(self.domain, "xenstored", None)
+            if daemon is not None and hasattr(daemon, "message_hooks"):
+                daemon.message_hooks.append(self._on_xenstore)
             self.attached = True
         return self
 
@@ -92,6 +105,9 @@ class Tracer:
             self.domain.hypercall_observers.remove(self)
             self.domain.trace_sinks.remove(self._on_emit)
             self.domain.events.on_raise.remove(self._on_event)
+            daemon = getattr(self.domain, "xenstored", None)
+            if daemon is not None and self._on_xenstore in getattr(daemon, "message_hooks", ()):
+                daemon.message_hooks.remove(self._on_xenstore)
             self.attached = False
 
     # -- recording ----------------------------------------------------------------------------------------
@@ -113,33 +129,93 @@ class Tracer:
     def _on_emit(self, kind: str, fields: dict[str, Any]) -> None:
         if kind == "privop" and "insn" in fields:
             fields = dict(fields, insn=bytes(fields["insn"]).hex())
+        elif kind == "exception" and self.wants(kind):
+            fields = dict(fields, site=symbolize(self.domain, fields.get("rip")))
+        elif kind == "upcall" and self.wants(kind):
+            fields = dict(fields, pending=self._pending_ports())
         self.record(kind, **fields)
 
+    def _pending_ports(self) -> list[int]:
+        """Ports pending and not masked in shared_info (what the upcall handler will find)."""
+        from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING
+        si = self.domain.shared_info_view()
+        ports = []
+        for word in range(64):
+            bits = (int.from_bytes(si[SI_EVTCHN_PENDING + 8 * word:SI_EVTCHN_PENDING + 8 * word + 8], "little")
+                    & ~int.from_bytes(si[SI_EVTCHN_MASK + 8 * word:SI_EVTCHN_MASK + 8 * word + 8], "little"))
+            while bits:
+                low = bits & -bits
+                ports.append(word * 64 + low.bit_length() - 1)
+                bits ^= low
+        return ports
+
     def _on_event(self, port: int, what: str) -> None:
-        self.record("event", port=port, what=what)
+        if not self.wants("event"):
+            return
+        p = self.domain.events.ports.get(port)
+        self.record("event", port=port, what=what, to=p.describe() if p is not None else "closed",
+                    vcpu=p.vcpu if p is not None else 0)
+
+    def _on_xenstore(self, conn: Any, direction: str, msg_type: int, req_id: int, tx_id: int,
+                     payload: bytes) -> None:
+        """xenstored message hook: requests from and replies/watch events to this domain's connection."""
+        if conn.domid != self.domain.domid or not self.wants("xenstore"):
+            return None
+        from miniguest.abi.xs_wire import XS_NAMES
+        parts = bytes(payload).split(b"\0")
+        if len(parts) > 1 and parts[-1] == b"":
+            parts.pop()
+        name = XS_NAMES.get(msg_type, str(msg_type))
+        self.record("xenstore", dir=direction, domid=conn.domid, type=name[3:] if name.startswith("XS_") else name,
+                    req_id=req_id, tx_id=tx_id, args=[p.decode("latin-1") for p in parts])
+        return None
 
     # Hypercall observer protocol (hypercalls.dispatch).
     def before(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...]) -> None:
         if not self.wants("hypercall"):
             return
-        self._calls.setdefault(vcpu.id, []).append((nr, args, call_site(vcpu)))
+        ins = None
+        if self.decode:
+            hc = TABLE.get(nr)
+            ins = decode_inputs(vcpu, name_of(nr), hc.subop_name(args) if hc else None, args)
+        self._calls.setdefault(vcpu.id, []).append((nr, args, call_site(vcpu), ins))
 
     def after(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
         if not self.wants("hypercall"):
             return
         stack = self._calls.get(vcpu.id)
-        _, _, caller = stack.pop() if stack else (nr, args, None)
+        _, _, caller, ins = stack.pop() if stack else (nr, args, None, None)
         hc = TABLE.get(nr)
         nargs = hc.nargs if hc else 5
         signed = None if result is None else (result - (1 << 64) if result >= 1 << 63 else result)
-        self.record("hypercall", vcpu=vcpu.id, nr=nr, name=name_of(nr),
-                    subop=hc.subop_name(args) if hc else None, args=list(args[:nargs]), result=signed,
-                    caller=caller)
+        subop = hc.subop_name(args) if hc else None
+        extra: dict[str, Any] = {"site": symbolize(self.domain, caller)}
+        if signed is not None and -4096 < signed < 0:
+            extra["errno"] = errno_name(-signed)
+        if self.decode:
+            if ins:
+                extra["in"] = ins
+            outs = decode_outputs(vcpu, name_of(nr), subop, args, signed, ins)
+            if outs:
+                extra["out"] = outs
+        if vcpu.blocked:
+            extra["blocked"] = True
+        self.record("hypercall", vcpu=vcpu.id, nr=nr, name=name_of(nr), subop=subop, args=list(args[:nargs]),
+                    result=signed, caller=caller, **extra)
 
 
-def write_jsonl(records: Iterable[TraceRecord], path: str) -> None:
+def header_line(meta: Optional[dict[str, Any]] = None) -> str:
+    """The first line of a trace file; `meta` (image name and hash, options...) must be deterministic."""
+    head: dict[str, Any] = {"format": "miniguest-trace", "version": TRACE_FORMAT_VERSION}
+    if not meta:
+        return json.dumps(head)
+    head["meta"] = meta
+    return json.dumps(head, sort_keys=True, separators=(",", ":"))
+
+
+def write_jsonl(records: Iterable[TraceRecord], path: str, meta: Optional[dict[str, Any]] = None) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"format": "miniguest-trace", "version": TRACE_FORMAT_VERSION}) + "\n")
+        f.write(header_line(meta) + "\n")
         for rec in records:
             f.write(rec.to_json() + "\n")
 

@@ -200,7 +200,7 @@ class Domain:
 
     def trace_timer(self, vcpu: "Vcpu", why: str) -> None:
         if self.trace_sinks:
-            self.emit("timer", vcpu=vcpu.id, kind=why)
+            self.emit("timer", vcpu=vcpu.id, timer=why)     # not `kind=`: that is emit's own argument
 
     def trace_privop(self, vcpu: "Vcpu", rip: int, insn: bytes) -> None:
         if self.trace_sinks:

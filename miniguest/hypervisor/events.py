@@ -180,6 +180,9 @@ class EventChannels:
 
     def set_pending(self, port: int) -> None:
         """Xen's evtchn_2l_set_pending: the guest-visible effect of raising `port`."""
+        fi = self.domain.fault_injector     # fault injection (miniguest.regress) may drop or delay the raise
+        if fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "raise"):
+            return
         p = self.ports.get(port)
         vcpu_id = p.vcpu if p else 0
         for cb in self.on_raise:
@@ -302,6 +305,9 @@ class EventChannels:
             if p.remote_dom == self.domain.domid:
                 self.set_pending(p.remote_port)
             elif p.remote_dom == 0:
+                fi = self.domain.fault_injector     # fault injection may drop or delay the notification
+                if fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "send"):
+                    return
                 for cb in self.on_raise:
                     cb(port, "send")
                 self.domain.dom0_evtchn.deliver(p.remote_port)

@@ -102,6 +102,9 @@ class Connection:
 
     # -- output --------------------------------------------------------------------------------------------
     def _queue(self, data: bytes, is_event: bool) -> None:
+        for hook in self.daemon.message_hooks:      # tracing (miniguest.regress): every reply and watch event
+            msg_type, req_id, tx_id, _ = HEADER.unpack_from(data)
+            hook(self, "event" if is_event else "reply", msg_type, req_id, tx_id, data[HEADER.size:])
         self.out.append(_Out(data, is_event))
         self.out_bytes += len(data)
         if is_event:
@@ -170,6 +173,12 @@ class Connection:
         """Process one complete request and queue its reply (and any watch events it causes)."""
         entry = _HANDLERS.get(msg_type)
         try:
+            # Message hooks (tracing, fault injection: miniguest.regress) see each request; a hook returning
+            # an errno name fails the request with it instead of handling it.
+            for hook in self.daemon.message_hooks:
+                injected = hook(self, "request", msg_type, req_id, tx_id, payload)
+                if injected:
+                    raise XenstoreError(injected)
             if entry is None:
                 raise XenstoreError(E.ENOSYS)
             func, priv, notid = entry

@@ -48,6 +48,9 @@ class XenstoreDaemon:
         self._servers: list[SocketServer] = []
         #: optional hook for a wire INTRODUCE of an unknown domain: (domid, mfn, port) -> (page, notify)
         self.map_interface: Optional[MapInterface] = None
+        #: message hooks (tracing, fault injection: miniguest.regress), see Connection.handle and _queue:
+        #: hook(conn, "request" | "reply" | "event", type, req_id, tx_id, payload) -> errno name or None
+        self.message_hooks: list[Callable[..., Optional[str]]] = []
         self.dom0 = Dom0Store(self)
         self.connections.append(self.dom0)
 

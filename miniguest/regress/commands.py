@@ -1,0 +1,196 @@
+"""`miniguest trace record|show|diff|export` and the `--inject RULE` boot option (a cli feature module).
+
+    miniguest trace record IMAGE -o run.jsonl [--perfetto run.json] [boot options, --inject RULE ...]
+    miniguest trace show run.jsonl [--kind K] [--name N] [--json]
+    miniguest trace diff a.jsonl b.jsonl [--context N] [--ignore FIELD]   exit 0 equal, 1 different
+    miniguest trace export run.jsonl -o run.json                          Chrome/Perfetto trace-event JSON
+
+`trace record` boots like `miniguest boot` (same options, same exit status) and writes every record as it
+happens, so a guest that crashes or hangs still leaves its trace behind.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from typing import Any, Optional
+
+EXIT_DIFFERENT = 1
+EXIT_TROUBLE = 2
+
+
+def _rule(text: str):
+    from miniguest.regress.faults import RuleError, parse_rule
+    try:
+        parse_rule(text)
+    except RuleError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_domain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inject", action="append", type=_rule, metavar="RULE", default=[],
+                        help="fault injection, e.g. hypercall:event_channel_op:bind_virq:-ENOSPC@1, "
+                             "event:drop:port=3@2, xenstore:read:ENOENT@1 (repeatable)")
+
+
+def configure_domain(domain: Any, args: argparse.Namespace) -> None:
+    rules = getattr(args, "inject", None)
+    if rules:
+        from miniguest.regress.faults import FaultInjector
+        FaultInjector(rules).attach(domain)          # fresh counters for every (re)started domain
+
+
+def register(subparsers: Any) -> None:
+    from miniguest import cli
+    p = subparsers.add_parser("trace", help="record, show, compare and export traces of hypercall handling")
+    sub = p.add_subparsers(dest="trace_command", required=True)
+    rec = sub.add_parser("record", help="boot a guest and record its trace (boot options apply)")
+    cli.add_domain_options(rec)
+    rec.add_argument("-o", "--output", required=True, metavar="FILE", help="trace file (JSON lines)")
+    rec.add_argument("--perfetto", metavar="FILE", help="also write a Chrome/Perfetto trace-event JSON file")
+    rec.add_argument("--kinds", metavar="K,K", help="record only these kinds (default: all)")
+    rec.add_argument("--no-decode", action="store_true", help="do not decode hypercall argument structs")
+    rec.set_defaults(func=cmd_record)
+    show = sub.add_parser("show", help="print a trace, one line per record")
+    show.add_argument("trace")
+    show.add_argument("--kind", action="append", default=[], help="only records of this kind (repeatable)")
+    show.add_argument("--name", action="append", default=[],
+                      help="only records with this name: hypercall, name(subop), sub-op, xenstore type, ...")
+    show.add_argument("--json", action="store_true", help="print the records as JSON lines")
+    show.set_defaults(func=cmd_show)
+    d = sub.add_parser("diff", help="first divergence of two traces (exit 1 if they differ)")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("--context", type=int, default=3, metavar="N", help="records of context (default 3)")
+    d.add_argument("--ignore", action="append", default=[], metavar="FIELD",
+                   help="ignore this field, e.g. time or caller (repeatable)")
+    d.set_defaults(func=cmd_diff)
+    ex = sub.add_parser("export", help="convert a trace to Chrome/Perfetto trace-event JSON")
+    ex.add_argument("trace")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE")
+    ex.set_defaults(func=cmd_export)
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"miniguest: {msg}\n")
+    sys.stderr.flush()
+
+
+def image_meta(kernel: str, domain: Any, rules: Optional[list[str]] = None) -> dict[str, Any]:
+    """What a trace was recorded from. Deterministic: the image's base name and hash, never a host path."""
+    try:
+        with open(kernel, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        digest = None
+    meta: dict[str, Any] = {"image": os.path.basename(kernel), "sha256": digest,
+                            "memory_mib": domain.config.memory_mib, "cmdline": domain.config.cmdline}
+    if rules:
+        meta["inject"] = list(rules)
+    return meta
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from miniguest import cli
+    from miniguest.debug.trace import Tracer, TraceRecord, header_line
+    from miniguest.hypervisor import domain as D
+    from miniguest.loader.elf import ImageError
+    from miniguest.xlcfg import ConfigError
+
+    sinks = []
+    if not args.quiet:
+        def to_terminal(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        sinks.append(to_terminal)
+    try:
+        dom, kernel, _, _ = cli.build_from_args(args, sinks)
+    except ImageError as e:
+        _err(str(e))
+        return cli.EXIT_BAD_IMAGE
+    except ConfigError as e:
+        _err(str(e))
+        return cli.EXIT_ERROR
+    try:
+        out = open(args.output, "w", encoding="utf-8")
+    except OSError as e:
+        _err(f"{args.output}: {e.strerror}")
+        dom.close()
+        return cli.EXIT_ERROR
+    meta = image_meta(kernel, dom, args.inject)
+    kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
+
+    def write(rec: TraceRecord) -> None:
+        out.write(rec.to_json() + "\n")
+
+    with out:
+        out.write(header_line(meta) + "\n")
+        tracer = Tracer(dom, kinds=kinds, sink=write, keep=bool(args.perfetto), decode=not args.no_decode)
+        tracer.attach()
+        try:
+            state = dom.run()
+        except KeyboardInterrupt:
+            state = D.STOPPED
+        tracer.detach()
+    code = cli._report(dom, state)
+    if args.perfetto:
+        from miniguest.regress import perfetto
+        try:
+            perfetto.write(tracer.records, args.perfetto, meta)
+        except OSError as e:
+            _err(f"{args.perfetto}: {e.strerror}")
+            code = code or cli.EXIT_ERROR
+    dom.close()
+    return code
+
+
+def _load(path: str):
+    from miniguest.regress.tracefile import TraceFileError, load
+    try:
+        return load(path)
+    except TraceFileError as e:
+        _err(str(e))
+        return None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from miniguest.regress.tracefile import format_record, select
+    tf = _load(args.trace)
+    if tf is None:
+        return EXIT_TROUBLE
+    try:
+        for rec in select(tf.records, args.kind, args.name):
+            print(rec.to_json() if args.json else format_record(rec))
+    except BrokenPipeError:
+        pass
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from miniguest.regress.tracefile import diff, format_divergence
+    a = _load(args.a)
+    b = _load(args.b)
+    if a is None or b is None:
+        return EXIT_TROUBLE
+    div = diff(a.records, b.records, context=max(0, args.context), ignore=args.ignore)
+    if div is None:
+        print(f"traces are identical ({len(a.records)} records)")
+        return 0
+    print(format_divergence(div, args.a, args.b))
+    return EXIT_DIFFERENT
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from miniguest.regress import perfetto
+    tf = _load(args.trace)
+    if tf is None:
+        return EXIT_TROUBLE
+    try:
+        perfetto.write(tf.records, args.output, tf.meta)
+    except OSError as e:
+        _err(f"{args.output}: {e.strerror}")
+        return EXIT_TROUBLE
+    return 0
