@@ -190,3 +190,37 @@ class FrameTable:
 
     def is_table(self, mfn: int) -> bool:
         return PGT_l1 <= self.type[mfn] <= PGT_l4 and self.count[mfn] > 0
+
+
+def audit(frames: FrameTable, domid: int, roots: list[tuple[int, int]]) -> list[str]:
+    """Recount every type reference from scratch and compare with the bookkeeping (Xen's audit_domain).
+
+    `roots` are the references held from outside any table: (mfn, type) for each pin, base pointer,
+    registered vcpu_info frame and GDT frame. Returns a list of problems (empty when consistent)."""
+    expected: dict[int, list[int]] = {}
+    for mfn, t in roots:
+        expected.setdefault(mfn, []).append(t)
+    for mfn in range(frames.mem.nr_frames):
+        if frames.count[mfn] and PGT_l1 <= frames.type[mfn] <= PGT_l4:
+            level = frames.type[mfn]
+            base = mfn << 12
+            for i in range(512):
+                e = _ENTRY.unpack_from(frames.mem.mv, base + i * 8)[0]
+                if not e & _PAGE_PRESENT or (level == PGT_l4 and not frames.guest_l4_slot(i)):
+                    continue
+                if level == PGT_l1:
+                    if e & _PAGE_RW:
+                        expected.setdefault(entry_mfn(e), []).append(PGT_writable)
+                else:
+                    expected.setdefault(entry_mfn(e), []).append(level - 1)
+    problems = []
+    for mfn in range(frames.mem.nr_frames):
+        refs = expected.get(mfn, [])
+        if frames.count[mfn] != len(refs):
+            problems.append(f"mfn {mfn:#x}: count {frames.count[mfn]} but {len(refs)} references")
+        elif refs and any(t != frames.type[mfn] for t in refs):
+            problems.append(f"mfn {mfn:#x}: type {TYPE_NAMES[frames.type[mfn]]} but referenced as "
+                            f"{sorted({TYPE_NAMES[t] for t in refs})}")
+        if refs and frames.owner[mfn] != domid:
+            problems.append(f"mfn {mfn:#x}: referenced but owned by {frames.owner[mfn]}")
+    return problems

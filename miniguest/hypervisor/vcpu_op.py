@@ -100,6 +100,7 @@ def register_vcpu_info(vcpu: "Vcpu", mfn: int, offset: int) -> int:
     frame[offset:offset + VCPU_INFO_SIZE] = data
     vcpu.vcpu_info_view = frame
     vcpu.vcpu_info_offset = offset
+    vcpu.vcpu_info_mfn = mfn
     # Xen sets every selector bit so the guest rescans after the move.
     struct.pack_into("<Q", frame, offset + 8, (1 << 64) - 1)
     frame[offset] = 1
