@@ -108,6 +108,7 @@ class Vcpu:
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.vcpu_info_view: Optional[memoryview] = None   # None: the slot in shared_info
+        self.vcpu_info_mfn = 0                              # the frame of a registered vcpu_info
         self.vcpu_info_offset = vcpu_id * VCPU_INFO_SIZE
         # Scheduling state.
         self.started = False
