@@ -106,3 +106,26 @@ def test_log_hypercalls_symbolizes_the_caller():
     assert "console_io(write, 0x" in err and "<hv_write+" in err
     assert "xen_version(version, 0x0) = 0x40013" in err
     assert "sched_op(shutdown," in err
+
+
+def test_ctrl_c_stops_a_spinning_guest():
+    import signal
+    import subprocess
+    import sys
+    import time
+    from guestlib import ROOT
+    p = subprocess.Popen([sys.executable, "-m", "miniguest.cli", "boot", SELFTEST, "--cmdline", "spin"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, err.decode()
+    assert b"stopped from the host" in err and b"Traceback" not in err
+
+
+def test_a_guest_printing_forever_is_bounded_in_memory():
+    from miniguest.backends.console import KEEP_BYTES, ConsoleLog
+    log = ConsoleLog()
+    for _ in range(3000):
+        log.write("ring", b"x" * 4095 + b"\n")
+    assert len(log.merged) <= KEEP_BYTES and len(log.raw["ring"]) <= KEEP_BYTES

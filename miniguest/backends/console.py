@@ -98,6 +98,9 @@ class ConsoleBackend:
 HV = "hypervisor"
 RING = "ring"
 UNMATCHED_LINES = 4096
+# A guest may print forever: keep at most this much of each buffer in memory (sinks see everything).
+KEEP_BYTES = 8 << 20
+MAX_PARTIAL = 64 << 10
 
 
 class ConsoleLog:
@@ -127,9 +130,14 @@ class ConsoleLog:
         return RING if source == HV else HV
 
     def write(self, source: str, data: bytes) -> None:
-        self.raw[source] += data
+        raw = self.raw[source]
+        raw += data
+        if len(raw) > KEEP_BYTES:
+            del raw[:len(raw) - KEEP_BYTES // 2]
         part = self._partial[source]
         part += data
+        if len(part) > MAX_PARTIAL and b"\n" not in part:
+            part += b"\n"            # an endless line without a newline: show it in pieces
         while True:
             nl = part.find(b"\n")
             if nl < 0:
@@ -173,6 +181,8 @@ class ConsoleLog:
 
     def _emit(self, data: bytes) -> None:
         self.merged += data
+        if len(self.merged) > KEEP_BYTES:
+            del self.merged[:len(self.merged) - KEEP_BYTES // 2]
         for sink in self.sinks:
             sink(data)
 

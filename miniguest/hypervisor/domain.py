@@ -46,6 +46,11 @@ MAX_GRANT_FRAMES = 32
 # With host input possible (a terminal, a socket), run slices end at least this often (instructions) so
 # the host side is serviced while a guest computes.
 HOST_POLL_SLICE = 2_000_000
+# Every run slice ends after at most this many instructions (~0.1 s of host time), so that Python gets
+# control back -- for Ctrl-C, pause requests and host I/O -- even while a guest spins without ever making
+# a hypercall. Ending a slice at a block boundary changes nothing the guest can observe.
+MAX_SLICE = 50_000_000
+MAX_MESSAGES = 1000
 
 
 @dataclass
@@ -174,7 +179,11 @@ class Domain:
 
     # -- logging and tracing ------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        self.messages.append(message)
+        if len(self.messages) >= MAX_MESSAGES:
+            if len(self.messages) == MAX_MESSAGES:
+                self.messages.append(f"(more than {MAX_MESSAGES} messages: the rest go to the log only)")
+        else:
+            self.messages.append(message)
         log.info("d%d: %s", self.domid, message)
         self.emit("log", message=message)
 
@@ -295,9 +304,8 @@ class Domain:
                 if budget is not None:
                     budget_ns = clock.idle_ns + budget
                     deadline = budget_ns if deadline is None else min(deadline, budget_ns)
-                if self.host.loop.has_readers:
-                    limit = clock.now_ns() + HOST_POLL_SLICE
-                    deadline = limit if deadline is None else min(deadline, limit)
+                limit = clock.now_ns() + (HOST_POLL_SLICE if self.host.loop.has_readers else MAX_SLICE)
+                deadline = limit if deadline is None else min(deadline, limit)
                 clock.set_deadline(deadline)
                 vcpu.run_slice()
                 if vcpu.pending_intercepts:
