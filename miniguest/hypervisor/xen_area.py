@@ -14,7 +14,7 @@ import struct
 
 from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_PAGE, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
                                     MACH2PHYS_VIRT_START, XEN_CS32, XEN_CS64, XEN_DS64, _PAGE_ACCESSED,
-                                    _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER)
+                                    _PAGE_DIRTY, _PAGE_NX, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER)
 from miniguest.hypervisor.memory import MachineMemory
 from miniguest.hypervisor.pagetable import OWNER_XEN, FrameTable
 from miniguest.hypervisor.unicorn_x86 import seg_descriptor
@@ -94,7 +94,9 @@ class XenArea:
             mem.write_u64((self.m2p_l2 << 12) + i * 8, (l1 << 12) | UPPER | _PAGE_USER)
         for i, mfn in enumerate(self.m2p_mfns):
             l1 = self.m2p_l1s[i // 512]
-            mem.write_u64((l1 << 12) + (i % 512) * 8, (mfn << 12) | _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_USER)
+            # Read-only, user-visible, not executable (Xen maps it __PAGE_HYPERVISOR_RO | _PAGE_USER).
+            mem.write_u64((l1 << 12) + (i % 512) * 8,
+                          (mfn << 12) | _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_USER | _PAGE_NX)
         # Per-domain area: supervisor-only.
         mem.write_u64(self.pd_l3 << 12, (self.pd_l2 << 12) | UPPER)
         mem.write_u64(self.pd_l2 << 12, (self.pd_l1 << 12) | UPPER)
