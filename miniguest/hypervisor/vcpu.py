@@ -433,6 +433,9 @@ class Vcpu:
         """Run the guest until a hook or the clock stops it."""
         self.stop_reason = None
         begin = self.rip
+        # A hook that stopped the CPU (block, pause, a deadline) leaves Unicorn's exception-in-progress state
+        # set (a fetch fault at `until`): without this reset the guest's next fault becomes a #DF.
+        read_exception_state(self.uc)
         try:
             self.uc.emu_start(begin, NEVER_EXECUTED_VA)
         except UcError as e:
