@@ -81,6 +81,8 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
                    help="serve the xenstore on a Unix socket (for xenstore-ls etc.: XENSTORED_PATH=PATH)")
     p.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
     p.add_argument("--console-log", metavar="FILE", help="also write the guest console to FILE")
+    p.add_argument("--stdin", action="store_true",
+                   help="feed standard input to the guest console even when it is not a terminal")
     for mod in _feature_modules():
         if hasattr(mod, "add_domain_options"):
             mod.add_domain_options(p)
@@ -147,10 +149,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
             except ConfigError as e:
                 _err(str(e))
                 return EXIT_ERROR
+            detach_input = _connect_console_input(dom, args)
             try:
                 state = dom.run()
             except KeyboardInterrupt:
                 state = D.STOPPED
+            finally:
+                detach_input()
             code = _report(dom, state)
             reason = dom.shutdown_reason or ""
             action = actions.get({"poweroff": "on_poweroff", "reboot": "on_reboot", "crash": "on_crash",
@@ -164,6 +169,30 @@ def cmd_boot(args: argparse.Namespace) -> int:
     finally:
         if log_file:
             log_file.close()
+
+
+def _connect_console_input(dom, args: argparse.Namespace):
+    """Feed what is typed on the terminal (or piped in with --stdin) into the guest's console ring, as
+    `xl console` does. Returns the function that disconnects it."""
+    if not (args.stdin or sys.stdin.isatty()):
+        return lambda: None
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):
+        return lambda: None
+    loop = dom.host.loop
+
+    def on_input() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if data:
+            dom.console_backend.feed(data)
+        else:
+            loop.remove_reader(fd)       # end of input: the guest may now be reported hung
+    loop.add_reader(fd, on_input)
+    return lambda: loop.remove_reader(fd)
 
 
 def _report(dom, state: str) -> int:

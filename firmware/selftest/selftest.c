@@ -74,6 +74,8 @@ void guest_main(struct start_info *start)
         run_evtchn();
         hv_printf("selftest: %d failures\n", failures);
         HYPERVISOR_shutdown(failures ? SHUTDOWN_crash : SHUTDOWN_poweroff);
+    } else if (is("echo")) {
+        run_echo();
     } else if (is("hypercalls")) {
         run_hypercalls();
     } else if (is("suspend")) {

@@ -19,7 +19,7 @@ from miniguest.abi import errno
 from miniguest.abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
                                          EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
 from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING, VI_PENDING_SEL, VI_UPCALL_PENDING
-from miniguest.abi.xen import DOMID_SELF, NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES
+from miniguest.abi.xen import DOMID_SELF, NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES, VIRQ_TIMER
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -276,6 +276,8 @@ class EventChannels:
         p = self.ports[port]
         p.state, p.virq, p.vcpu = EVTCHNSTAT_virq, virq, vcpu
         self.virq_ports[(vcpu, virq)] = port
+        if virq == VIRQ_TIMER:
+            self.domain.vcpus[vcpu].timer.virq_binding_changed(True)
         return port
 
     def bind_ipi(self, vcpu: int) -> int:
@@ -289,6 +291,8 @@ class EventChannels:
         p = self._get(port)
         if p.state == EVTCHNSTAT_virq:
             self.virq_ports.pop((p.vcpu, p.virq), None)
+            if p.virq == VIRQ_TIMER and p.vcpu < len(self.domain.vcpus):
+                self.domain.vcpus[p.vcpu].timer.virq_binding_changed(False)
         elif p.state == EVTCHNSTAT_interdomain:
             if p.remote_dom == self.domain.domid:
                 rp = self.ports.get(p.remote_port)

@@ -3,6 +3,9 @@
 System time and the TSC both come from the virtual clock (vclock.py): 1 TSC tick = 1 ns, so the record is
 tsc_to_system_mul = 2^31 with tsc_shift = 1 (((delta << 1) * 2^31) >> 32 == delta) and never drifts.
 Xen gives every PV vCPU a 100 Hz periodic timer by default (VCPUOP_stop_periodic_timer turns it off).
+Its only effect is VIRQ_TIMER, so it is armed only while VIRQ_TIMER is bound on that vCPU: a guest that
+never binds it does not tick through virtual time, and one that is blocked with nothing able to wake it is
+reported as hung instead of idling forever.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ class VcpuTimer:
         self.period = DEFAULT_PERIOD_NS
         self.periodic: Optional[int] = None
         self.periodic_next: Optional[int] = None
+        self.virq_bound = False                           # VIRQ_TIMER bound on this vCPU
 
     @property
     def _timers(self):
@@ -83,10 +87,19 @@ class VcpuTimer:
         self.singleshot_deadline = None
 
     def start_periodic(self, now: int) -> None:
+        """(Re)arm the periodic timer, ticking at multiples of the period since boot."""
         self.stop_periodic()
-        if self.period:
-            self.periodic_next = now + self.period
+        if self.period and self.virq_bound:
+            self.periodic_next = (now // self.period + 1) * self.period
             self.periodic = self._timers.add(self.periodic_next, self._periodic_fired)
+
+    def virq_binding_changed(self, bound: bool) -> None:
+        """events.py tells us when VIRQ_TIMER is bound or closed on this vCPU."""
+        self.virq_bound = bound
+        if bound:
+            self.start_periodic(self.vcpu.domain.clock.now_ns())
+        else:
+            self.stop_periodic()
 
     def _periodic_fired(self) -> None:
         assert self.periodic_next is not None

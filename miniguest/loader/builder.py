@@ -95,7 +95,6 @@ class Builder:
         d.create_vcpus(1)
         vcpu = d.vcpus[0]
         update_vcpu_time(vcpu)
-        vcpu.timer.start_periodic(0)
         vcpu.start_of_day(notes.entry, layout.stack + PAGE, layout.start_info, self.l4_mfn)
         d.image = img
         d.start_info_va = layout.start_info
