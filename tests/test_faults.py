@@ -19,9 +19,7 @@ from miniguest.hypervisor import domain as D
 
 FAULTS = samples.path("faults")
 # Hypervisor bugs this guest found, each fixed in its own commit (strict: a fix must remove its marker).
-HV_NM_TS = pytest.mark.xfail(strict=True, reason="hypervisor: #NM does not clear the guest's virtual CR0.TS")
 HV_TIMER = pytest.mark.xfail(strict=True, reason="hypervisor: a timer armed mid-slice fires at the slice end")
-HV_BOTH = pytest.mark.xfail(strict=True, reason="hypervisor: #NM/CR0.TS and mid-slice timer bugs")
 CASE = re.compile(r"^(?P<label>\S.*?)\s+vec=(?P<vec>\d+) ec=(?P<ec>-|0x[0-9a-f]+) rip=(?P<rip>0x[0-9a-f]+)"
                   r"(?: cr2=(?P<cr2>0x[0-9a-f]+))? (?P<result>ok|FAILED.*)$")
 
@@ -114,7 +112,7 @@ def run() -> Run:
     return Run()
 
 
-@HV_BOTH
+@HV_TIMER
 def test_all_cases_pass_and_power_off(run: Run) -> None:
     failed = [ln for ln in run.lines if "FAILED" in ln]
     assert not failed
@@ -162,7 +160,6 @@ def test_guest_view_matches_the_hypervisor_trace(run: Run) -> None:
     assert {t["vector"] for t in software} >= {3, 4, 5, 0x82, 0x83, 0x84}
 
 
-@HV_NM_TS
 def test_nm_clears_the_virtual_ts(run: Run) -> None:
     """Xen's PV ABI: the #NM that the guest's own CR0.TS caused clears it (classic-Xen kernels rely on it)."""
     assert run.line("#NM cleared the virtual CR0.TS").endswith(" ok")
@@ -215,7 +212,7 @@ def test_cpu_model_limits_are_reported(run: Run) -> None:
     assert any(ln.startswith("#XM SSE divide by zero     not raised:") for ln in run.lines)
 
 
-@HV_BOTH
+@HV_TIMER
 def test_strict_mode_fails_on_the_cpu_limits() -> None:
     r = Run("strict")
     failed = [ln.split()[0] for ln in r.lines if "FAILED" in ln]
@@ -229,7 +226,7 @@ def test_two_runs_are_identical(run: Run) -> None:
     assert again.calls.calls == run.calls.calls
 
 
-@HV_BOTH
+@HV_TIMER
 def test_crash_in_pf_handler_api() -> None:
     r = Run("crash-in-pf")
     assert "faults: 51/51 cases ok, 2 not raised by this CPU" in r.lines
@@ -253,7 +250,7 @@ def test_crash_in_pf_handler_cli() -> None:
     assert "crashed: cannot write the exception frame" in err and "<do_page_fault+" in err
 
 
-@HV_BOTH
+@HV_TIMER
 def test_cli_default_powers_off() -> None:
     p = subprocess.run([sys.executable, "-m", "miniguest.cli", "boot", "faults", "--quiet"],
                        capture_output=True, timeout=120)

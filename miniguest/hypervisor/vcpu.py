@@ -20,7 +20,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KERNEL_SS, GDT_SIZE,
                                     MSR_EFER, PFEC_user_mode, TI_DPL_MASK, TI_MASK_EVENTS, TRAP_gp_fault,
-                                    TRAP_page_fault)
+                                    TRAP_no_device, TRAP_page_fault)
 from miniguest.abi.callback import CALLBACKF_mask_events
 from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
 from miniguest.hypervisor.memory import AddressSpace, GuestFault
@@ -288,6 +288,10 @@ class Vcpu:
             view, off = self._vi()
             _U64.pack_into(view, off + VI_ARCH_CR2, cr2)
             self.uc.reg_write(X.UC_X86_REG_CR2, cr2)
+        if vector == TRAP_no_device and self.cr0_ts:
+            # Xen's PV ABI: delivering #NM clears the guest's CR0.TS (classic-Xen kernels rely on it).
+            self.cr0_ts = False
+            self.uc.reg_write(X.UC_X86_REG_CR0, self.uc.reg_read(X.UC_X86_REG_CR0) & ~8)
         self.domain.trace_exception(self, vector, error_code, rip, cr2)
         if not ti.address:
             raise GuestCrash(f"unhandled exception {vector} with no handler in the trap table")
