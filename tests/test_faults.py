@@ -18,8 +18,6 @@ from miniguest import Domain, samples
 from miniguest.hypervisor import domain as D
 
 FAULTS = samples.path("faults")
-# Hypervisor bugs this guest found, each fixed in its own commit (strict: a fix must remove its marker).
-HV_TIMER = pytest.mark.xfail(strict=True, reason="hypervisor: a timer armed mid-slice fires at the slice end")
 CASE = re.compile(r"^(?P<label>\S.*?)\s+vec=(?P<vec>\d+) ec=(?P<ec>-|0x[0-9a-f]+) rip=(?P<rip>0x[0-9a-f]+)"
                   r"(?: cr2=(?P<cr2>0x[0-9a-f]+))? (?P<result>ok|FAILED.*)$")
 
@@ -112,7 +110,6 @@ def run() -> Run:
     return Run()
 
 
-@HV_TIMER
 def test_all_cases_pass_and_power_off(run: Run) -> None:
     failed = [ln for ln in run.lines if "FAILED" in ln]
     assert not failed
@@ -179,7 +176,7 @@ def test_event_channel_masking(run: Run) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["set_timer_op(+5ms)", "singleshot(+2ms)",
-                                    pytest.param("timer during a compute loop", marks=HV_TIMER)])
+                                    "timer during a compute loop"])
 def test_timers_fire_at_the_requested_virtual_time(run: Run, prefix: str) -> None:
     line = run.line(prefix)
     m = re.search(r"(?:fired|upcall) (\d+) ns after the deadline.* ok$", line)
@@ -212,7 +209,6 @@ def test_cpu_model_limits_are_reported(run: Run) -> None:
     assert any(ln.startswith("#XM SSE divide by zero     not raised:") for ln in run.lines)
 
 
-@HV_TIMER
 def test_strict_mode_fails_on_the_cpu_limits() -> None:
     r = Run("strict")
     failed = [ln.split()[0] for ln in r.lines if "FAILED" in ln]
@@ -226,7 +222,6 @@ def test_two_runs_are_identical(run: Run) -> None:
     assert again.calls.calls == run.calls.calls
 
 
-@HV_TIMER
 def test_crash_in_pf_handler_api() -> None:
     r = Run("crash-in-pf")
     assert "faults: 51/51 cases ok, 2 not raised by this CPU" in r.lines
@@ -250,7 +245,6 @@ def test_crash_in_pf_handler_cli() -> None:
     assert "crashed: cannot write the exception frame" in err and "<do_page_fault+" in err
 
 
-@HV_TIMER
 def test_cli_default_powers_off() -> None:
     p = subprocess.run([sys.executable, "-m", "miniguest.cli", "boot", "faults", "--quiet"],
                        capture_output=True, timeout=120)

@@ -71,10 +71,20 @@ class VcpuTimer:
         update_vcpu_time(vcpu)
         vcpu.domain.events.send_virq(VIRQ_TIMER, vcpu.id)
 
+    def _arm(self, deadline: int, fn) -> int:
+        """Add a timer. The run loop armed the clock for the earliest timer before this run slice began: a
+        new earlier one must end the slice (once the hypercall returns) so the loop re-arms the clock,
+        else it would fire only when the slice ends, up to MAX_SLICE instructions late."""
+        earliest = self._timers.next_deadline()
+        handle = self._timers.add(deadline, fn)
+        if earliest is None or deadline < earliest:
+            self.vcpu.uc.emu_stop()
+        return handle
+
     def set_singleshot(self, deadline: int) -> None:
         self.stop_singleshot()
         self.singleshot_deadline = deadline
-        self.singleshot = self._timers.add(deadline, self._singleshot_fired)
+        self.singleshot = self._arm(deadline, self._singleshot_fired)
 
     def _singleshot_fired(self) -> None:
         self.singleshot = None
@@ -91,7 +101,7 @@ class VcpuTimer:
         self.stop_periodic()
         if self.period and self.virq_bound:
             self.periodic_next = (now // self.period + 1) * self.period
-            self.periodic = self._timers.add(self.periodic_next, self._periodic_fired)
+            self.periodic = self._arm(self.periodic_next, self._periodic_fired)
 
     def virq_binding_changed(self, bound: bool) -> None:
         """events.py tells us when VIRQ_TIMER is bound or closed on this vCPU."""
