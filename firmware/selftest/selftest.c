@@ -78,6 +78,8 @@ void guest_main(struct start_info *start)
         run_echo();
     } else if (is("hypercalls")) {
         run_hypercalls();
+    } else if (is("xtfgaps")) {
+        run_xtfgaps();
     } else if (is("suspend")) {
         HYPERVISOR_shutdown(SHUTDOWN_suspend);
     } else if (is("watchdog")) {

@@ -15,6 +15,7 @@ void run_mmu(void);
 void run_usermode(void);
 void run_evtchn(void);
 void run_hypercalls(void);
+void run_xtfgaps(void);
 void run_echo(void);
 void run_bench(const char *what, unsigned long n);
 #endif

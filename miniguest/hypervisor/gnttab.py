@@ -79,10 +79,13 @@ def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> int:
         vcpu.mem.write(uop + 4, struct.pack("<I", 1))
         return 0
     if cmd == GNTTABOP_set_version:
+        # Xen's gnttab_set_version: only 1 and 2 are versions (else -EINVAL); this table is v1-only, so v2
+        # answers as a Xen whose grant table max version is 1 does: -ENOSYS, "as before set_version was
+        # introduced". The current version is written back in every case.
         version = struct.unpack("<I", vcpu.mem.read(uop, 4))[0]
-        if version != 1:
-            return -errno.EINVAL
-        return 0
+        rc = 0 if version == 1 else -errno.ENOSYS if version == 2 else -errno.EINVAL
+        vcpu.mem.write(uop, struct.pack("<I", 1))
+        return rc
     if cmd in NAMES:
         return -errno.ENOSYS
     raise UnknownSubop(cmd)

@@ -22,6 +22,8 @@ from miniguest.abi.arch_x86 import (MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHAD
 from miniguest.hypervisor.memory import GuestFault, canonical
 from miniguest.hypervisor.vcpu import CR0_GUEST, CR4_GUEST, EFER_GUEST, GuestCrash
 
+CR4_DE = 1 << 3
+
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
 
@@ -183,7 +185,7 @@ def read_cr(vcpu: "Vcpu", cr: int) -> Optional[int]:
     if cr == 3:
         return (vcpu.guest_table if vcpu.kernel_mode else vcpu.guest_table_user) << 12
     if cr == 4:
-        return CR4_GUEST
+        return CR4_GUEST | getattr(vcpu, "cr4_ctl", 0)
     return None
 
 
@@ -205,7 +207,13 @@ def write_cr(vcpu: "Vcpu", cr: int, value: int) -> bool:
             return False
         return True
     if cr == 4:
-        return value == CR4_GUEST
+        # Xen's pv_fixup_guest_cr4: a PV guest's %cr4 write never faults. The guest controls only
+        # TSD|DE|FSGSBASE|OSXSAVE, each if its CPUID policy has the feature; anything else is discarded
+        # and reads back as Xen's own visible bits (CR4_GUEST). Of those, this CPU model gives the guest
+        # DE; FSGSBASE is not in our policy, TSD and OSXSAVE (xsetbv emulation) are not modelled and read
+        # back clear.
+        vcpu.cr4_ctl = value & CR4_DE
+        return True
     return False
 
 
@@ -280,6 +288,10 @@ def _native_cpuid_policy() -> dict[tuple[int, int], tuple[int, int, int, int]]:
     d &= ~((1 << 12) | (1 << 22) | (1 << 29) | (1 << 31))                                  # MTRR ACPI TM PBE
     b &= 0x0000FFFF                                                                        # APIC id 0
     policy[(1, 0)] = (a, b, c, d)
+    if (7, 0) in policy:
+        # FSGSBASE hidden: Unicorn's wr{fs,gs}base skips the non-canonical #GP Xen's guests rely on.
+        a, b, c, d = policy[(7, 0)]
+        policy[(7, 0)] = (a, b & ~1, c, d)
     _native_policy = policy
     return policy
 

@@ -1,0 +1,41 @@
+"""ABI details the Xen Test Framework's pv64 tests rely on, found by running XTF under miniguest and checked
+here with our own selftest guest (scenario `xtfgaps`), against what Xen does."""
+from __future__ import annotations
+
+import pytest
+
+from guestlib import facts, selftest
+
+
+@pytest.fixture(scope="module")
+def xtfgaps():
+    dom = selftest("xtfgaps")
+    yield dom, dom.console.text, facts(dom.console.text)
+    dom.close()
+
+
+def test_runs_to_the_end(xtfgaps):
+    dom, text, _ = xtfgaps
+    assert dom.shutdown_reason == "poweroff", text
+    assert "FAIL" not in text and "selftest: 0 failures" in text
+
+
+def test_gnttab_set_version(xtfgaps):
+    # Xen's gnttab_set_version: 1 and 2 are the only versions (-EINVAL otherwise); v2 on a table limited to
+    # v1 is -ENOSYS, "as before set_version was introduced", which XTF's xtf_init_grant_table(2) expects.
+    _, _, f = xtfgaps
+    assert (f["gnttab_set_version_1"], f["gnttab_version_after_1"]) == ("0", "1")
+    assert (f["gnttab_set_version_2"], f["gnttab_version_after_2"]) == ("-38", "1")
+    assert f["gnttab_set_version_3"] == "-22"
+
+
+def test_cr4_write_never_faults(xtfgaps):
+    # Xen's pv_fixup_guest_cr4: uncontrollable bits are dropped silently, DE is the guest's.
+    _, _, f = xtfgaps
+    assert f["cr4_de_set"] == "1" and f["cr4_fsgsbase_dropped"] == "0"
+    assert f["cr4_rest_kept"] == f["cr4_foreign_bits_dropped"] == str(0x6A0)
+
+
+def test_no_fsgsbase_in_cpuid(xtfgaps):
+    _, _, f = xtfgaps
+    assert f["cpuid7_fsgsbase"] == "0"
