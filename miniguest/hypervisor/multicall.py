@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
+
+from unicorn.x86_const import UC_X86_REG_RAX
 
 from miniguest.abi import errno
 from miniguest.abi.xen import HYPERVISOR_iret, HYPERVISOR_multicall
@@ -16,7 +18,7 @@ _ENTRY = struct.Struct("<QQ6Q")
 
 
 @hypercall(HYPERVISOR_multicall, 2)
-def multicall(vcpu: "Vcpu", call_list: int, nr_calls: int) -> int:
+def multicall(vcpu: "Vcpu", call_list: int, nr_calls: int) -> Optional[int]:
     if vcpu.in_multicall:
         return -errno.EINVAL            # Xen refuses multicall re-entry
     nr_calls &= 0xFFFFFFFF
@@ -26,7 +28,12 @@ def multicall(vcpu: "Vcpu", call_list: int, nr_calls: int) -> int:
             entry = call_list + i * 64
             op, _, *args = _ENTRY.unpack(vcpu.mem.read(entry, 64))
             if op == HYPERVISOR_iret:
-                result = -errno.EINVAL
+                # Xen since XSA-213: the iret is performed and ends the batch (whatever follows would run in
+                # the context the iret switched to); the multicall's result is the iret's, the restored rax.
+                hypercalls.dispatch(vcpu, op, *args[:5])
+                result = vcpu.uc.reg_read(UC_X86_REG_RAX)
+                vcpu.mem.write(entry + 8, struct.pack("<Q", result & (2**64 - 1)))
+                return None
             else:
                 result = hypercalls.dispatch(vcpu, op, *args[:5])
                 if result is None:

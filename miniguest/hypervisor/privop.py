@@ -124,6 +124,19 @@ def _emulate_privileged(vcpu: "Vcpu", rip: int) -> int:
             uc.reg_write(gpr, value)
             return plen + 3
         return plen + 3 if write_cr(vcpu, cr, uc.reg_read(gpr)) else 0
+    if op[1] in (0x21, 0x23) and len(op) >= 3:         # mov from/to debug register
+        modrm = op[2]
+        if modrm >> 6 != 3:
+            return 0
+        dr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
+        gpr = GPR_BY_NUMBER[(modrm & 7) | (8 if rex & 1 else 0)]
+        if op[1] == 0x21:
+            value = read_dr(vcpu, dr)
+            if value is None:
+                return 0
+            uc.reg_write(gpr, value)
+            return plen + 3
+        return plen + 3 if write_dr(vcpu, dr, uc.reg_read(gpr)) else 0
     if op[1] == 0x06:                                  # clts
         uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) & ~8)
         vcpu.cr0_ts = False
@@ -215,6 +228,53 @@ def write_cr(vcpu: "Vcpu", cr: int, value: int) -> bool:
         vcpu.cr4_ctl = value & CR4_DE
         return True
     return False
+
+
+# Debug registers, as Xen's set_debugreg()/pv read_dr for a PV guest: DR0-3 take any address a guest may
+# name (below 2^47 or above Xen's range), DR6/DR7 keep their fixed bits, DR4/5 alias DR6/7 while CR4.DE is
+# clear. The values are the guest's view only: breakpoints are not armed in the CPU model, so a DR7 that
+# enables one is refused (#GP) rather than accepted and silently ignored.
+DR6_DEFAULT = 0xFFFF0FF0
+DR7_DEFAULT = 0x400
+HYPERVISOR_VIRT_END = 0xFFFF880000000000
+
+
+def _debugregs(vcpu: "Vcpu") -> list:
+    regs = getattr(vcpu, "debugreg", None)
+    if regs is None:
+        regs = vcpu.debugreg = [0, 0, 0, 0, 0, 0, DR6_DEFAULT, DR7_DEFAULT]
+    return regs
+
+
+def _dr_alias(vcpu: "Vcpu", dr: int) -> Optional[int]:
+    if dr in (4, 5):
+        return None if getattr(vcpu, "cr4_ctl", 0) & CR4_DE else dr + 2
+    return dr if dr < 8 else None
+
+
+def read_dr(vcpu: "Vcpu", dr: int) -> Optional[int]:
+    dr = _dr_alias(vcpu, dr)
+    return None if dr is None else _debugregs(vcpu)[dr]
+
+
+def write_dr(vcpu: "Vcpu", dr: int, value: int) -> bool:
+    dr = _dr_alias(vcpu, dr)
+    if dr is None:
+        return False
+    regs = _debugregs(vcpu)
+    if dr < 4:
+        if not (value < (1 << 47) or value >= HYPERVISOR_VIRT_END):
+            return False
+        regs[dr] = value
+    elif dr == 6:
+        regs[6] = (value & 0x0000E00F) | DR6_DEFAULT      # B0-3, BD, BS, BT; the rest reads as 1s/0s
+    elif dr == 7:
+        if value & 0xFF or value >> 32:                   # L0-3/G0-3 would arm a breakpoint: not modelled
+            return False
+        regs[7] = (value & 0xFFFF2700) | DR7_DEFAULT
+    else:
+        return False
+    return True
 
 
 # -- instructions that reach us by other hooks ------------------------------------------------------------
