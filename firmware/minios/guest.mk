@@ -2,7 +2,8 @@
 # its Xen notes in a non-allocated SHT_NOTE section and brings its own entry code and console, so only
 # lib.c is shared.
 minios_SRCS   := minios/x86_64.S minios/setup.c minios/traps.c minios/events.c minios/mm.c minios/time.c \
-                 minios/console.c minios/gnttab.c minios/sched.c minios/xenbus.c minios/kernel.c
+                 minios/console.c minios/gnttab.c minios/sched.c minios/xenbus.c minios/shutdown.c \
+                 minios/test.c minios/kernel.c
 minios_COMMON := common/lib.c
 minios_BASE   := 0
 minios_DEFS   :=

@@ -1,9 +1,8 @@
 /*
- * start_kernel and the application, as Mini-OS's kernel.c and test.c: bring the subsystems up in Mini-OS's
+ * start_kernel, as Mini-OS's kernel.c: bring the subsystems up in Mini-OS's
  * order, start the threads, and hand the CPU to the idle thread.
  *
- * The application is Mini-OS's periodic thread: a "T(s=.. us=..)" line every second of (virtual) time.
- * After `ticks=N` lines (default 3; 0 = forever) it powers the domain off.
+ * The application is in test.c.
  */
 #include "minios.h"
 
@@ -21,31 +20,7 @@ static void setup_xen_features(void)
     }
 }
 
-static void periodic_thread(void *p)
-{
-    const char *arg = cmdline_value("ticks");
-    unsigned long ticks = arg ? strtoul(arg, NULL, 10) : 3;
-    struct timeval tv;
-
-    printk("Periodic thread started.\n");
-    for (unsigned long n = 1;; n++) {
-        gettimeofday(&tv, NULL);
-        printk("T(s=%ld us=%ld)\n", tv.tv_sec, tv.tv_usec);
-        if (ticks && n == ticks)
-            break;
-        msleep(1000);
-    }
-    printk("Periodic thread done after %lu ticks: powering off.\n", ticks);
-    HYPERVISOR_shutdown(SHUTDOWN_poweroff);
-}
-
-static int app_main(void *p)
-{
-    printk("Dummy main: par=%p\n", p);
-    run_xenbus_tests();
-    create_thread("periodic_thread", periodic_thread, NULL);
-    return 0;
-}
+int app_main(void *p);
 
 void start_kernel(void)
 {

@@ -226,6 +226,5 @@ char **xenbus_wait_for_watch_return(xenbus_event_queue *queue);
 void xenbus_wait_for_watch(xenbus_event_queue *queue);
 domid_t xenbus_get_self_id(void);
 void init_shutdown(void);
-void run_xenbus_tests(void);
 
 #endif

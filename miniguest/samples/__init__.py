@@ -6,8 +6,9 @@ from typing import Optional
 
 SAMPLES: dict[str, str] = {
     "hello": "prints through console_io and the console ring, checks a few hypercalls, powers off",
-    "minios": "boots like upstream Mini-OS (page tables, events, timer, console ring, grant table, threads), "
-              "prints T(s= us=) every second; cmdline ticks=N (0: forever)",
+    "minios": "boots like upstream Mini-OS (page tables, events, timer, console ring, grant table, threads, "
+              "xenbus self-test, memory/target and control/shutdown watches), prints T(s= us=) every second; "
+              "cmdline ticks=N (0: forever)",
     "faults": "raises every exception class, int N, privileged instructions, event masking and timers, checks "
               "what Xen delivers; cmdline crash-in-pf ends with a fault in the #PF handler",
 }
