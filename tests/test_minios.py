@@ -188,3 +188,94 @@ def test_cli_boot() -> None:
     assert out.startswith("Bootstrapping...\nXen Minimal OS!\n")
     assert len(T_LINE.findall(out)) == 2
     assert b"shut down: poweroff" in p.stderr
+
+
+class StopAt:
+    """A code hook that stops the vCPU right before its `n`-th execution of `addr` (test instrumentation)."""
+
+    def __init__(self, dom: Domain, addr: int, n: int) -> None:
+        from unicorn import UC_HOOK_CODE
+        self.addr, self.n, self.seen, self.hit = addr, n, 0, False
+        self.handle = dom.vcpus[0].uc.hook_add(UC_HOOK_CODE, self._cb, None, addr, addr)
+
+    def _cb(self, uc: Any, address: int, size: int, _: Any) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            self.hit = True
+            uc.emu_stop()
+
+
+class Count:
+    def __init__(self, dom: Domain, addr: int) -> None:
+        from unicorn import UC_HOOK_CODE
+        self.count = 0
+        dom.vcpus[0].uc.hook_add(UC_HOOK_CODE, self._cb, None, addr, addr)
+
+    def _cb(self, uc: Any, address: int, size: int, _: Any) -> None:
+        self.count += 1
+
+
+def _critical_points() -> dict[str, int]:
+    """Where in the exit path an upcall can land: before the unmask test (rax still pushed), right after
+    rax is popped (restore_end), and at the native iretq (cs/ss already ORed with RPL 3)."""
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+    from miniguest.debug.symbols import Symbols
+    with open(MINIOS, "rb") as f:                                    # type: ignore[arg-type]
+        raw = f.read()
+    syms = Symbols.from_elf(raw)
+    scrit, restore_end, ecrit = (syms.address_of(n) for n in ("scrit", "restore_end", "ecrit"))
+    assert scrit and restore_end and ecrit
+    text = raw[0x1000 + restore_end:0x1000 + ecrit]                  # .text is at file offset 0x1000, VA 0
+    iretq = next(i.address for i in Cs(CS_ARCH_X86, CS_MODE_64).disasm(text, restore_end) if i.mnemonic == "iretq")
+    return {"scrit": scrit, "restore_end": restore_end, "iretq": iretq}
+
+
+class ReturnTo:
+    """Stops at `rip` once the fixup has run and the stack is back at `rsp`: the return to the merged frame."""
+
+    def __init__(self, dom: Domain, rip: int, rsp: int, fixups: Count) -> None:
+        from unicorn import UC_HOOK_CODE
+        from unicorn import x86_const as UX
+        self.rsp, self.fixups, self.regs, self._rsp_id = rsp, fixups, None, UX.UC_X86_REG_RSP
+        self.vcpu = dom.vcpus[0]
+        self.vcpu.uc.hook_add(UC_HOOK_CODE, self._cb, None, rip, rip)
+        self.vcpu.uc.ctl_remove_cache(rip, rip + 1)          # already translated: retranslate with the hook
+
+    def _cb(self, uc: Any, address: int, size: int, _: Any) -> None:
+        if self.regs is None and self.fixups.count and uc.reg_read(self._rsp_id) == self.rsp:
+            self.regs = self.vcpu.regs()
+
+
+@pytest.mark.parametrize("where", ["scrit", "restore_end", "iretq"])
+def test_upcall_inside_the_critical_region_is_merged(where: str) -> None:
+    """An event that arrives while the exit path re-enables events lands inside [scrit, ecrit): the upcall
+    must merge its frame with the one being restored (critical_region_fixup), so that when it is done the
+    interrupted code resumes with exactly the registers the exit path was restoring."""
+    from miniguest.abi.xen import VIRQ_TIMER
+    reference, _ = boot(cmdline="ticks=2")
+    dom = Domain.from_elf(MINIOS, cmdline="ticks=2")
+    addr = _critical_points()[where]
+    stop = StopAt(dom, addr, n=40)
+    fixups = Count(dom, dom.symbols.address_of("critical_region_fixup"))
+    assert dom.run(until=lambda d: stop.hit) == D.PAUSED
+    vcpu = dom.vcpus[0]
+    assert vcpu.rip == addr and vcpu.upcall_mask == 0
+    # What the exit path is about to restore: the registers, rax (still pushed at scrit), the frame.
+    regs = vcpu.regs()
+    sp = regs["rsp"]
+    if where == "scrit":
+        regs["rax"] = vcpu.mem.read_u64(sp)
+        sp += 8
+    frame_rip, frame_rsp = vcpu.mem.read_u64(sp), vcpu.mem.read_u64(sp + 24)
+    back = ReturnTo(dom, frame_rip, frame_rsp, fixups)
+    assert dom.events.send_virq(VIRQ_TIMER, 0)                       # the upcall is due at once
+    dom.run()
+    assert dom.state == D.SHUTDOWN and dom.shutdown_reason == "poweroff", dom.crash_report
+    assert fixups.count == 1
+    assert back.regs is not None, "never returned to the interrupted frame"
+    for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+                 "r15"):
+        assert back.regs[name] == regs[name], name
+    assert back.regs["rsp"] == frame_rsp
+    strip = lambda text: T_LINE.sub("T()", text)                    # noqa: E731  (time stamps may move)
+    assert strip(dom.console.text) == strip(reference.console.text)
