@@ -65,8 +65,9 @@ void schedule(void)
         }
         if (next)
             break;
+        /* Whatever wakes us is delivered as an upcall on the way back from SCHEDOP_block (which unmasks);
+           Mini-OS's extra force_evtchn_callback() here would be a hypercall with events masked: a no-op. */
         block_domain(min_wakeup_time);
-        force_evtchn_callback();        /* handle whatever woke us */
     }
     local_irq_restore(flags);
     if (prev != next) {
