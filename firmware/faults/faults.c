@@ -404,11 +404,12 @@ static void exception_cases(void)
     expect("#GP out", 13, 0, probe_fault, 0, 0);
 
     static const char *const base_msr_labels[] = { "#GP wrmsr FS non-canonical", "#GP wrmsr GS non-canonical",
-                                                   "#GP wrmsr SGS non-canonical" };
-    for (unsigned int i = 0; i < 3; i++) {
+                                                   "#GP wrmsr SGS non-canonical", "#GP wrmsr unknown MSR" };
+    static const uint32_t base_msrs[] = { MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, 0x12345678 };
+    for (unsigned int i = 0; i < ARRAY_SIZE(base_msrs); i++) {
         arm();
         __asm__ volatile(PROBE_ASM("mov $0x80000000,%%edx; xor %%eax,%%eax; mov %%esi,%%r8d", "mov %%r8d,%%ecx; wrmsr")
-                         :: "S"(0xc0000100 + i) : CLOBBERS, "rdx", "r8");
+                         :: "S"(base_msrs[i]) : CLOBBERS, "rdx", "r8");
         rec.rcx = strtoul(MAGIC_RCX, 0, 0);      /* the probe loads ecx with the MSR number itself */
         expect(base_msr_labels[i], 13, 0, probe_fault + 3, 0, 0);
     }
