@@ -277,5 +277,5 @@ def test_upcall_inside_the_critical_region_is_merged(where: str) -> None:
                  "r15"):
         assert back.regs[name] == regs[name], name
     assert back.regs["rsp"] == frame_rsp
-    strip = lambda text: T_LINE.sub("T()", text)                    # noqa: E731  (time stamps may move)
-    assert strip(dom.console.text) == strip(reference.console.text)
+    # The extra upcall costs a few instructions: only the time stamps may move.
+    assert T_LINE.sub("T()", dom.console.text) == T_LINE.sub("T()", reference.console.text)
