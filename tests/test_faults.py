@@ -82,9 +82,9 @@ class Recorder:
 
 
 class Run:
-    def __init__(self, cmdline: str = "") -> None:
+    def __init__(self, cmdline: str = "", **options: Any) -> None:
         assert FAULTS is not None, "faults.elf is not shipped"
-        self.dom = Domain.from_elf(FAULTS, cmdline=cmdline)
+        self.dom = Domain.from_elf(FAULTS, cmdline=cmdline, **options)
         self.trace: list[dict[str, Any]] = []
         self.dom.trace_sinks.append(lambda kind, f: self.trace.append(dict(f)) if kind == "exception" else None)
         self.calls = Recorder()
@@ -220,6 +220,16 @@ def test_strict_mode_fails_on_the_cpu_limits() -> None:
     failed = [ln.split()[0] for ln in r.lines if "FAILED" in ln]
     assert failed == ["#SS", "#AC", "#XM"]
     assert r.dom.state == D.CRASHED and r.dom.shutdown_reason == "crash"
+
+
+def test_scrambled_mfns() -> None:
+    """With pfn != mfn, the pages the guest remaps (GDT, read-only, NX, guard) and cr3 must still be right."""
+    r = Run(scramble_mfns=True)
+    assert "faults: 54/54 cases ok, 3 not raised by this CPU" in r.lines
+    layout = r.dom.layout
+    cr3 = re.search(r"cr3=(0x[0-9a-f]+)", r.line("mov from cr0"))
+    assert cr3 and int(cr3[1], 16) == r.dom.p2m[layout.pfn(layout.pt_base)] << 12
+    assert r.dom.p2m[layout.pfn(layout.pt_base)] != layout.pfn(layout.pt_base)
 
 
 def test_two_runs_are_identical(run: Run) -> None:
