@@ -31,8 +31,9 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   scramble_mfns: bool = False, max_instructions: Optional[int] = None,
                   console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
-                  poison_memory: bool = False, realtime: bool = False, **extra: Any) -> Domain:
-    image = parse_kernel(kernel)
+                  poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
+                  **extra: Any) -> Domain:
+    image = parse_kernel(kernel, image_data)      # image_data: the ELF's bytes (snapshot restore), else read
     if isinstance(module, str):
         try:
             with open(module, "rb") as f:

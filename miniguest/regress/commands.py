@@ -4,6 +4,9 @@
     miniguest trace show run.jsonl [--kind K] [--name N] [--json]
     miniguest trace diff a.jsonl b.jsonl [--context N] [--ignore FIELD]   exit 0 equal, 1 different
     miniguest trace export run.jsonl -o run.json                          Chrome/Perfetto trace-event JSON
+    miniguest snapshot save IMAGE -o boot.snap (--at-ns T | --after-hypercalls N) [boot options]
+    miniguest snapshot info boot.snap
+    miniguest snapshot run boot.snap [--trace run.jsonl] [--inject RULE ...]   (exit status as boot)
 
 `trace record` boots like `miniguest boot` (same options, same exit status) and writes every record as it
 happens, so a guest that crashes or hangs still leaves its trace behind.
@@ -72,6 +75,32 @@ def register(subparsers: Any) -> None:
     ex.add_argument("trace")
     ex.add_argument("-o", "--output", required=True, metavar="FILE")
     ex.set_defaults(func=cmd_export)
+    _register_snapshot(subparsers)
+
+
+def _register_snapshot(subparsers: Any) -> None:
+    from miniguest import cli
+    p = subparsers.add_parser("snapshot", help="save a domain at a point, restore and run it (variations)")
+    sub = p.add_subparsers(dest="snapshot_command", required=True)
+    save = sub.add_parser("save", help="boot a guest, stop it at a point and save a snapshot")
+    cli.add_domain_options(save)
+    save.add_argument("-o", "--output", required=True, metavar="FILE")
+    at = save.add_mutually_exclusive_group(required=True)
+    at.add_argument("--at-ns", type=int, metavar="T", help="stop once virtual time reaches T ns")
+    at.add_argument("--after-hypercalls", type=int, metavar="N", help="stop right after the N-th hypercall")
+    save.set_defaults(func=cmd_snapshot_save)
+    info = sub.add_parser("info", help="what a snapshot holds")
+    info.add_argument("snapshot")
+    info.set_defaults(func=cmd_snapshot_info)
+    run = sub.add_parser("run", help="restore a snapshot and run it to its end (exit status as boot)")
+    run.add_argument("snapshot")
+    run.add_argument("--trace", metavar="FILE", help="record the trace from the restore point on")
+    run.add_argument("--perfetto", metavar="FILE", help="also write a Chrome/Perfetto trace-event JSON file")
+    run.add_argument("--inject", action="append", type=_rule, metavar="RULE", default=[],
+                     help="fault injection rule (repeatable), as for boot")
+    run.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
+    run.add_argument("--max-insns", type=int, metavar="N", help="instruction budget (total, as at boot)")
+    run.set_defaults(func=cmd_snapshot_run)
 
 
 def _err(msg: str) -> None:
@@ -194,3 +223,109 @@ def cmd_export(args: argparse.Namespace) -> int:
         _err(f"{args.output}: {e.strerror}")
         return EXIT_TROUBLE
     return 0
+
+
+class _PauseAfterHypercalls:
+    """Hypercall observer: pause the domain right after its n-th hypercall (a defined snapshot point)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+
+    def before(self, vcpu: Any, nr: int, args: tuple[int, ...]) -> None:
+        pass
+
+    def after(self, vcpu: Any, nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            vcpu.domain.pause()
+
+
+def cmd_snapshot_save(args: argparse.Namespace) -> int:
+    from miniguest import cli
+    from miniguest.loader.elf import ImageError
+    from miniguest.regress.snapshot import SnapshotError, save_snapshot
+    from miniguest.xlcfg import ConfigError
+    try:
+        dom, _, _, _ = cli.build_from_args(args, [] if args.quiet else [_to_terminal])
+    except (ImageError, ConfigError) as e:
+        _err(str(e))
+        return cli.EXIT_BAD_IMAGE if isinstance(e, ImageError) else cli.EXIT_ERROR
+    if args.after_hypercalls is not None:
+        dom.hypercall_observers.append(_PauseAfterHypercalls(args.after_hypercalls))
+        state = dom.run()
+    else:
+        state = dom.run(until=lambda d: d.clock.now_ns() >= args.at_ns)
+    if state != "paused":
+        _err(f"note: the domain ended ({state}) before the requested point; saving its final state")
+    try:
+        save_snapshot(dom, args.output)
+    except SnapshotError as e:
+        _err(str(e))
+        return cli.EXIT_ERROR
+    finally:
+        dom.close()
+    _err(f"snapshot of domain {dom.name} at {dom.clock.now_ns()} ns saved to {args.output}")
+    return 0
+
+
+def cmd_snapshot_info(args: argparse.Namespace) -> int:
+    from miniguest.regress.snapshot import Snapshot, SnapshotError
+    try:
+        snap = Snapshot.load(args.snapshot)
+    except SnapshotError as e:
+        _err(str(e))
+        return 1
+    for key, value in snap.info().items():
+        print(f"{key:10} {value}")
+    return 0
+
+
+def _to_terminal(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def cmd_snapshot_run(args: argparse.Namespace) -> int:
+    from miniguest import cli
+    from miniguest.debug.trace import Tracer, header_line
+    from miniguest.regress.faults import FaultInjector
+    from miniguest.regress.snapshot import Snapshot, SnapshotError
+    try:
+        snap = Snapshot.load(args.snapshot)
+        options = {} if args.max_insns is None else {"max_instructions": args.max_insns}
+        dom = snap.restore(console_output=None if args.quiet else _to_terminal, **options)
+    except SnapshotError as e:
+        _err(str(e))
+        return cli.EXIT_ERROR
+    if args.inject:
+        FaultInjector(args.inject).attach(dom)
+    out = None
+    tracer = None
+    if args.trace or args.perfetto:
+        meta = dict(snap.info(), snapshot=os.path.basename(args.snapshot))
+        if args.inject:
+            meta["inject"] = list(args.inject)
+        if args.trace:
+            try:
+                out = open(args.trace, "w", encoding="utf-8")
+            except OSError as e:
+                _err(f"{args.trace}: {e.strerror}")
+                dom.close()
+                return cli.EXIT_ERROR
+            out.write(header_line(meta) + "\n")
+        tracer = Tracer(dom, sink=(lambda rec: out.write(rec.to_json() + "\n")) if out else None,
+                        keep=bool(args.perfetto)).attach()
+    try:
+        state = dom.run()
+    except KeyboardInterrupt:
+        state = "stopped"
+    finally:
+        if out is not None:
+            out.close()
+    code = cli._report(dom, state)
+    if args.perfetto and tracer is not None:
+        from miniguest.regress import perfetto
+        perfetto.write(tracer.records, args.perfetto, meta)
+    dom.close()
+    return code

@@ -1,0 +1,185 @@
+"""The snapshot container: magic, version, a JSON header and raw (optionally compressed) binary sections.
+
+    offset 0   8 bytes   magic b"\\x89MGSNAP\\n"
+    offset 8   u32 LE    container version (1)
+    offset 12  u32 LE    header length H
+    offset 16  H bytes   header: UTF-8 JSON object; header["sections"] lists the binary sections
+    16 + H     ...       section data; each section's offset is relative to this point
+
+A section is {"name", "offset", "size" (bytes stored), "raw_size", "codec" ("zlib" | "raw"), "sha256" (of
+the raw bytes)}. The file is untrusted input: every length is bounded before anything is allocated, a
+compressed section may not inflate past its declared raw_size, and each raw section must match its hash.
+Problems are SnapshotError with a one-line message. See docs/snapshot-format.md for the header's contents.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from typing import Any, Optional
+
+MAGIC = b"\x89MGSNAP\n"
+CONTAINER_VERSION = 1
+MAX_HEADER = 64 << 20
+MAX_SECTION = (4096 << 20) + (64 << 20)       # 4 GiB of guest memory plus bookkeeping
+_PREFIX = struct.Struct("<8sII")
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be taken, read or restored; the message is one line."""
+
+
+class Container:
+    """A header dict plus named raw sections, in memory."""
+
+    def __init__(self, header: dict[str, Any], sections: Optional[dict[str, bytes]] = None) -> None:
+        self.header = header
+        self.sections: dict[str, bytes] = dict(sections or {})
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def to_bytes(self, compress_level: int = 1) -> bytes:
+        table = []
+        blobs = []
+        offset = 0
+        for name, raw in self.sections.items():
+            stored, codec = raw, "raw"
+            if compress_level > 0 and len(raw) > 256:
+                packed = zlib.compress(raw, compress_level)
+                if len(packed) < len(raw):
+                    stored, codec = packed, "zlib"
+            table.append({"name": name, "offset": offset, "size": len(stored), "raw_size": len(raw),
+                          "codec": codec, "sha256": hashlib.sha256(raw).hexdigest()})
+            blobs.append(stored)
+            offset += len(stored)
+        header = dict(self.header, sections=table)
+        head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return _PREFIX.pack(MAGIC, CONTAINER_VERSION, len(head)) + head + b"".join(blobs)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "snapshot") -> "Container":
+        if len(data) < _PREFIX.size:
+            raise SnapshotError(f"{name}: too short to be a miniguest snapshot")
+        magic, version, hlen = _PREFIX.unpack_from(data)
+        if magic != MAGIC:
+            raise SnapshotError(f"{name}: not a miniguest snapshot (bad magic)")
+        if version != CONTAINER_VERSION:
+            raise SnapshotError(f"{name}: snapshot container version {version} is not supported "
+                                f"(this miniguest reads version {CONTAINER_VERSION})")
+        if hlen > MAX_HEADER or _PREFIX.size + hlen > len(data):
+            raise SnapshotError(f"{name}: header length {hlen} does not fit the file")
+        try:
+            header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SnapshotError(f"{name}: header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise SnapshotError(f"{name}: header is not a JSON object")
+        base = _PREFIX.size + hlen
+        table = header.pop("sections", None)
+        if not isinstance(table, list):
+            raise SnapshotError(f"{name}: header has no section table")
+        sections: dict[str, bytes] = {}
+        for i, sec in enumerate(table):
+            sections_name, raw = _read_section(data, base, sec, f"{name}: section {i}")
+            if sections_name in sections:
+                raise SnapshotError(f"{name}: section {sections_name!r} appears twice")
+            sections[sections_name] = raw
+        return cls(header, sections)
+
+
+def _read_section(data: bytes, base: int, sec: Any, where: str) -> tuple[str, bytes]:
+    if not isinstance(sec, dict):
+        raise SnapshotError(f"{where}: not an object")
+    name, off, size, raw_size = sec.get("name"), sec.get("offset"), sec.get("size"), sec.get("raw_size")
+    codec, digest = sec.get("codec"), sec.get("sha256")
+    if not isinstance(name, str) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in (off, size, raw_size)):
+        raise SnapshotError(f"{where}: needs a name and integer offset, size and raw_size")
+    where = f"{where.rsplit(':', 1)[0]}: section {name!r}"
+    if off < 0 or size < 0 or raw_size < 0 or raw_size > MAX_SECTION or base + off + size > len(data):
+        raise SnapshotError(f"{where}: offset/size outside the file or too large")
+    stored = data[base + off:base + off + size]
+    if codec == "raw":
+        raw = bytes(stored)
+    elif codec == "zlib":
+        d = zlib.decompressobj()
+        try:
+            raw = d.decompress(stored, raw_size + 1)
+        except zlib.error as e:
+            raise SnapshotError(f"{where}: corrupt compressed data ({e})") from None
+        if not d.eof or d.unconsumed_tail:
+            raise SnapshotError(f"{where}: compressed data is longer than declared")
+    else:
+        raise SnapshotError(f"{where}: unknown codec {codec!r}")
+    if len(raw) != raw_size:
+        raise SnapshotError(f"{where}: {len(raw)} bytes, header says {raw_size}")
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise SnapshotError(f"{where}: checksum mismatch (the file is damaged)")
+    return name, raw
+
+
+# -- header field access with clear errors ---------------------------------------------------------------
+class Fields:
+    """Typed access to one object of the header: `f.int("port", 0, 4095)` or SnapshotError naming the path."""
+
+    def __init__(self, obj: Any, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise SnapshotError(f"snapshot: {where} is not an object")
+        self.obj = obj
+        self.where = where
+
+    def _get(self, key: str) -> Any:
+        if key not in self.obj:
+            raise SnapshotError(f"snapshot: {self.where}.{key} is missing")
+        return self.obj[key]
+
+    def int(self, key: str, lo: int = 0, hi: int = (1 << 64) - 1, optional: bool = False) -> Any:
+        v = self.obj.get(key) if optional else self._get(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise SnapshotError(f"snapshot: {self.where}.{key} must be an integer in [{lo}, {hi}]")
+        return v
+
+    def bool(self, key: str) -> bool:
+        v = self._get(key)
+        if not isinstance(v, bool):
+            raise SnapshotError(f"snapshot: {self.where}.{key} must be true or false")
+        return v
+
+    def str(self, key: str, optional: bool = False, limit: int = 1 << 24) -> Any:
+        v = self.obj.get(key) if optional else self._get(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, str) or len(v) > limit:
+            raise SnapshotError(f"snapshot: {self.where}.{key} must be a string")
+        return v
+
+    def list(self, key: str, limit: int = 1 << 20) -> list:
+        v = self._get(key)
+        if not isinstance(v, list) or len(v) > limit:
+            raise SnapshotError(f"snapshot: {self.where}.{key} must be a list")
+        return v
+
+    def sub(self, key: str) -> "Fields":
+        return Fields(self._get(key), f"{self.where}.{key}")
+
+    def ints(self, key: str, lo: int = 0, hi: int = (1 << 64) - 1, limit: int = 1 << 20) -> list[int]:
+        values = self.list(key, limit)
+        for v in values:
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise SnapshotError(f"snapshot: {self.where}.{key} must hold integers in [{lo}, {hi}]")
+        return values
+
+
+def latin1(data: bytes) -> str:
+    """Bytes as a JSON string, one code point per byte (exact and reversible)."""
+    return bytes(data).decode("latin-1")
+
+
+def unlatin1(text: str, where: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except (UnicodeEncodeError, AttributeError):
+        raise SnapshotError(f"snapshot: {where} is not a byte string") from None
