@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from unicorn import x86_const as X
-
 from miniguest.debug.disasm import describe_insn
 from miniguest.debug.symbols import EMPTY
 
@@ -20,7 +18,10 @@ def crash_report(domain: "Domain", vcpu: Optional["Vcpu"], why: str) -> str:
         return "\n".join(lines)
     try:
         regs = vcpu.regs()
-        cr2 = vcpu.uc.reg_read(X.UC_X86_REG_CR2)
+        # The guest's CR2 is the one Xen keeps for it in vcpu_info.arch.cr2 (what `mov %cr2` returns to it);
+        # Unicorn's own CR2 register also changes with hypervisor-internal accesses.
+        from miniguest.hypervisor.privop import read_cr
+        cr2 = read_cr(vcpu, 2) or 0
         cr3 = vcpu.aspace.cr3
     except Exception as e:          # the CPU itself is unreadable: say so rather than fail
         lines.append(f"  (registers unavailable: {e})")
