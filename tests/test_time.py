@@ -33,3 +33,13 @@ def test_realtime_follows_the_host_clock():
     assert slept_ns(dom.console.text) >= 300_000_000
     assert wall >= 0.3
     dom.close()
+
+
+def test_rdtsc_counts_instructions_inside_a_block():
+    """Two rdtsc three instructions apart differ by 3 even within one translated block (the clock counts
+    whole blocks when they are entered; rdtsc adds its own position in the block)."""
+    from guestlib import facts
+    dom = selftest("rdtsc")
+    f = facts(dom.console.text)
+    assert f["rdtsc_delta"] == "3" and f["rdtsc_not_increasing"] == "0"
+    dom.close()

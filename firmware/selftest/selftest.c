@@ -74,6 +74,20 @@ void guest_main(struct start_info *start)
         run_evtchn();
         hv_printf("selftest: %d failures\n", failures);
         HYPERVISOR_shutdown(failures ? SHUTDOWN_crash : SHUTDOWN_poweroff);
+    } else if (is("rdtsc")) {
+        /* Two reads three instructions apart, in one translated block: the TSC counts instructions. */
+        unsigned int a1, d1, a2, d2;
+        __asm__ volatile("rdtsc\n\tmov %%eax, %0\n\tmov %%edx, %1\n\trdtsc"
+                         : "=&r"(a1), "=&r"(d1), "=a"(a2), "=d"(d2));
+        unsigned long t1 = ((unsigned long)d1 << 32) | a1, t2 = ((unsigned long)d2 << 32) | a2;
+        expect("rdtsc_delta", t2 - t1, 3);
+        unsigned long prev = rdtsc_ns(), backwards = 0;
+        for (int i = 0; i < 1000; i++) {
+            unsigned long now = rdtsc_ns();
+            backwards += now <= prev;
+            prev = now;
+        }
+        expect("rdtsc_not_increasing", backwards, 0);
     } else if (is("echo")) {
         run_echo();
     } else if (is("hypercalls")) {

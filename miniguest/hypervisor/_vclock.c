@@ -28,6 +28,8 @@ struct vclock {
     uint32_t (*count_block)(uint64_t addr, uint32_t size); /* cache miss: count instructions */
     uint64_t misses;
     uint64_t stops;
+    uint64_t block_addr;                                   /* the block being run ... */
+    uint64_t block_start;                                  /* ... and icount when it was entered */
     struct vclock_entry cache[VCLOCK_CACHE_SIZE];
 };
 
@@ -48,6 +50,8 @@ void vclock_block_hook(void *uc, uint64_t addr, uint32_t size, struct vclock *c)
         e->key = key;
         e->count = n;
     }
+    c->block_addr = addr;
+    c->block_start = c->icount;
     c->icount += n;
     if (c->icount >= c->deadline) {
         c->stops++;

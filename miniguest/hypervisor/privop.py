@@ -391,8 +391,21 @@ def emulate_cpuid(vcpu: "Vcpu") -> None:
         uc.reg_write(r, v)
 
 
+def _instructions_between(vcpu: "Vcpu", start: int, end: int) -> int:
+    """How many instructions lie in [start, end) of the current code (rdtsc's position in its block)."""
+    if end <= start:
+        return 0
+    code = vcpu.aspace.read(start, end - start) if end - start <= 4096 else b""
+    return sum(1 for _ in _md.disasm_lite(code, start))
+
+
 def emulate_rdtsc(vcpu: "Vcpu", rdtscp: bool) -> None:
-    tsc = vcpu.domain.tsc_of(vcpu.domain.clock.now_ns())
+    clock = vcpu.domain.clock
+    try:
+        now = clock.now_at(vcpu.rip, lambda a, b: _instructions_between(vcpu, a, b))
+    except GuestFault:
+        now = clock.now_ns()
+    tsc = vcpu.domain.tsc_of(now)
     uc = vcpu.uc
     uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
     uc.reg_write(X.UC_X86_REG_RDX, tsc >> 32)

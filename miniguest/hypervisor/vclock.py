@@ -28,6 +28,7 @@ class _Entry(ctypes.Structure):
 class _VClock(ctypes.Structure):
     _fields_ = [("icount", ctypes.c_uint64), ("deadline", ctypes.c_uint64), ("stop", ctypes.c_void_p),
                 ("count_block", ctypes.c_void_p), ("misses", ctypes.c_uint64), ("stops", ctypes.c_uint64),
+                ("block_addr", ctypes.c_uint64), ("block_start", ctypes.c_uint64),
                 ("cache", _Entry * CACHE_SIZE)]
 
 
@@ -71,6 +72,7 @@ class VirtualClock:
         self._count_cb = COUNT_BLOCK(self._safe_count(count_block))
         self._c.count_block = ctypes.cast(self._count_cb, ctypes.c_void_p).value
         self.idle_ns = 0
+        self._within: dict[tuple[int, int], int] = {}
 
     @staticmethod
     def _safe_count(fn: Callable[[int, int], int]) -> Callable[[int, int], int]:
@@ -106,6 +108,21 @@ class VirtualClock:
 
     def now_ns(self) -> int:
         return self._c.icount + self.idle_ns
+
+    def now_at(self, rip: int, count_between: Callable[[int, int], int]) -> int:
+        """The time at the instruction at `rip` inside the running block: the block is counted whole when
+        it is entered, so rdtsc asks how many of its instructions come before itself, which makes two
+        reads in one block differ by the instructions between them, as on a real CPU."""
+        start, addr = self._c.block_start, self._c.block_addr
+        if not addr <= rip < addr + 4096:
+            return self.now_ns()
+        key = (addr, rip)
+        k = self._within.get(key)
+        if k is None:
+            if len(self._within) > 65536:
+                self._within.clear()
+            k = self._within[key] = count_between(addr, rip)
+        return min(start + k, self._c.icount) + self.idle_ns
 
     def set_deadline(self, ns: Optional[int]) -> None:
         """Stop the CPU once now_ns() >= ns (None: no deadline)."""
@@ -149,6 +166,9 @@ class RealtimeClock(VirtualClock):
 
     def now_ns(self) -> int:
         return self._time.monotonic_ns() - self._t0
+
+    def now_at(self, rip: int, count_between: Callable[[int, int], int]) -> int:
+        return self.now_ns()
 
     def set_deadline(self, ns: Optional[int]) -> None:
         if ns is None:
