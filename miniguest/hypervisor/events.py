@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from miniguest.abi import errno
 from miniguest.abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
                                          EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
-from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING, VI_PENDING_SEL, VI_UPCALL_PENDING
+from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING, VI_PENDING_SEL
 from miniguest.abi.xen import DOMID_SELF, NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES, VIRQ_TIMER
 
 if TYPE_CHECKING:

@@ -19,9 +19,8 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KERNEL_SS, GDT_SIZE,
-                                    MSR_EFER, PFEC_user_mode, TI_DPL_MASK, TI_MASK_EVENTS, TRAP_gp_fault,
+                                    MSR_EFER, PFEC_user_mode, TI_MASK_EVENTS, TRAP_gp_fault,
                                     TRAP_no_device, TRAP_page_fault)
-from miniguest.abi.callback import CALLBACKF_mask_events
 from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
 from miniguest.hypervisor.memory import AddressSpace, GuestFault
 from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, hook_syscall_raw, read_exception_state
