@@ -110,6 +110,8 @@ void guest_main(struct start_info *start)
         run_badptr();
     } else if (is("mmu")) {
         run_mmu();
+    } else if (is("balloon")) {
+        run_balloon();
     } else if (is("earlyfault")) {
         printk("selftest: touching an unmapped address with no trap table\n");
         *(volatile unsigned long *)0x7ff000000000UL = 1;

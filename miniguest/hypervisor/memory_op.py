@@ -1,4 +1,4 @@
-"""memory_op: reservation queries, the memory map, the M2P's location."""
+"""memory_op: reservations (reservation.py), reservation queries, the memory map, the M2P's location."""
 from __future__ import annotations
 
 import struct
@@ -6,17 +6,23 @@ from typing import TYPE_CHECKING
 
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import MACH2PHYS_VIRT_START
-from miniguest.abi.memory import (E820_RAM, MEMOP_CMD_MASK, XENMEM_NAMES, XENMEM_current_reservation,
+from miniguest.abi.memory import (E820_RAM, MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT, XENMEM_NAMES,
+                                  XENMEM_current_reservation, XENMEM_decrease_reservation,
+                                  XENMEM_increase_reservation, XENMEM_populate_physmap,
                                   XENMEM_machphys_mapping, XENMEM_maximum_gpfn, XENMEM_maximum_ram_page,
                                   XENMEM_maximum_reservation, XENMEM_memory_map, XENMEM_set_memory_map,
                                   XENMEM_machine_memory_map)
 from miniguest.abi.xen import DOMID_SELF, HYPERVISOR_memory_op
+from miniguest.hypervisor import reservation
 from miniguest.hypervisor.hypercalls import HypercallError, UnknownSubop, hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
 
 NAMES = {k: v[len("XENMEM_"):] for k, v in XENMEM_NAMES.items()}
+RESERVATION_OPS = {XENMEM_increase_reservation: reservation.increase_reservation,
+                   XENMEM_decrease_reservation: reservation.decrease_reservation,
+                   XENMEM_populate_physmap: reservation.populate_physmap}
 
 
 def _target(vcpu: "Vcpu", arg: int):
@@ -30,6 +36,8 @@ def _target(vcpu: "Vcpu", arg: int):
 def memory_op(vcpu: "Vcpu", cmd: int, arg: int) -> int:
     op = cmd & MEMOP_CMD_MASK
     dom = vcpu.domain
+    if op in RESERVATION_OPS:           # the number of extents done, never an errno (reservation.py)
+        return RESERVATION_OPS[op](vcpu, arg, (cmd & 0xFFFFFFFF) >> MEMOP_EXTENT_SHIFT)
     if op == XENMEM_maximum_ram_page:
         return dom.mem.nr_frames
     if op == XENMEM_current_reservation:
