@@ -1,0 +1,208 @@
+"""`miniguest debug`, `miniguest gdb` and the `--trace KINDS` boot option (a cli feature module).
+
+    miniguest debug IMAGE [--gdb HOST:PORT]    stop before the first instruction, wait for gdb (default
+                                               127.0.0.1:1234; port 0 picks a free one), like qemu -s -S
+    miniguest gdb IMAGE [--gdb HOST:PORT]      the same, and start gdb already connected with the ELF's
+                                               symbols (gdb -ex 'target remote ...' IMAGE)
+    miniguest boot IMAGE --trace exceptions,hypercalls,events   (or `all`): a readable trace on stderr
+
+Every `boot` option applies to debug and gdb; they exit like boot, with the guest's status.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any, Optional
+
+DEFAULT_GDB_ADDRESS = "127.0.0.1:1234"
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"miniguest: {msg}\n")
+    sys.stderr.flush()
+
+
+def _kinds(text: str) -> frozenset[str]:
+    from miniguest.debug.tracefmt import TraceKindsError, parse_kinds
+    try:
+        return parse_kinds(text)
+    except TraceKindsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _address(text: str) -> tuple[str, int]:
+    from miniguest.debug.gdbstub import parse_address
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_domain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", type=_kinds, metavar="KINDS",
+                        help="print a readable trace on stderr: comma-separated hypercalls, exceptions, "
+                             "events, upcalls, timers, privops, console, idle, shutdown, crash, log, or all")
+
+
+def configure_domain(domain: Any, args: argparse.Namespace) -> None:
+    kinds = getattr(args, "trace", None)
+    if kinds:
+        from miniguest.debug.tracefmt import attach_printer
+        attach_printer(domain, kinds, sys.stderr)
+
+
+def register(subparsers: Any) -> None:
+    from miniguest import cli
+    for name, helptext, func in (
+            ("debug", "boot a guest stopped before its first instruction and wait for gdb", cmd_debug),
+            ("gdb", "boot a guest under gdb (the stub plus the system gdb, already connected)", cmd_gdb)):
+        p = subparsers.add_parser(name, help=helptext, description=helptext)
+        cli.add_domain_options(p)
+        p.add_argument("--gdb", type=_address, metavar="HOST:PORT", dest="gdb_address",
+                       default=None if name == "gdb" else DEFAULT_GDB_ADDRESS,
+                       help="where the gdb stub listens (default "
+                            + ("a free port on 127.0.0.1" if name == "gdb" else DEFAULT_GDB_ADDRESS) + ")")
+        if name == "gdb":
+            p.add_argument("--gdb-binary", default="gdb", metavar="PATH", help="the gdb to run (default gdb)")
+            p.add_argument("--gdb-arg", action="append", default=[], metavar="ARG",
+                           help="extra argument for gdb (repeatable), e.g. --gdb-arg=-ex=break start_kernel")
+        p.set_defaults(func=func)
+
+
+def _console_sinks(args: argparse.Namespace) -> tuple[list, Optional[Any]]:
+    sinks = []
+    if not args.quiet:
+        out = sys.stdout.buffer
+
+        def to_terminal(data: bytes) -> None:
+            try:
+                out.write(data)
+                out.flush()
+            except (OSError, ValueError):
+                pass
+        sinks.append(to_terminal)
+    log_file = None
+    if args.console_log:
+        log_file = open(args.console_log, "ab")
+        sinks.append(lambda data: (log_file.write(data), log_file.flush()))
+    return sinks, log_file
+
+
+def _build(args: argparse.Namespace, sinks: list):
+    """Build the domain like `boot` does. Returns (domain, kernel path) or an exit status."""
+    from miniguest import cli
+    from miniguest.loader.elf import ImageError
+    from miniguest.xlcfg import ConfigError
+    try:
+        dom, kernel, _, _ = cli.build_from_args(args, sinks)
+    except ImageError as e:
+        _err(str(e))
+        return cli.EXIT_BAD_IMAGE
+    except ConfigError as e:
+        _err(str(e))
+        return EXIT_ERROR
+    return dom, kernel
+
+
+def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
+    from miniguest import cli
+    from miniguest.debug.gdbstub import GdbStub
+    from miniguest.hypervisor import domain as D
+    try:
+        sinks, log_file = _console_sinks(args)
+    except OSError as e:
+        _err(f"{args.console_log}: {e.strerror}")
+        return EXIT_ERROR
+    try:
+        built = _build(args, sinks)
+        if isinstance(built, int):
+            return built
+        dom, kernel = built
+        address = args.gdb_address or ("127.0.0.1", 0)
+        host, port = _address(address) if isinstance(address, str) else address
+        try:
+            stub = GdbStub(dom, host, port, reattach=not launch_gdb, notify=_err)
+        except OSError as e:
+            _err(f"cannot listen on {host}:{port}: {e.strerror or e}")
+            dom.close()
+            return EXIT_ERROR
+        where = f"{stub.address[0]}:{stub.address[1]}"
+        gdb_proc = None
+        detach_input = lambda: None         # noqa: E731
+        if launch_gdb:
+            gdb_proc = _start_gdb(args, kernel, where)
+            if gdb_proc is None:
+                stub.close()
+                dom.close()
+                return EXIT_ERROR
+            _watch_gdb(gdb_proc, stub)
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is gdb's (it sends 0x03)
+        else:
+            _err(f"waiting for gdb on {where}: gdb -ex 'target remote {where}' {kernel}")
+            connect = getattr(cli, "_connect_console_input", None)
+            if connect is not None:
+                detach_input = connect(dom, args)
+        try:
+            state = stub.serve()
+        except KeyboardInterrupt:
+            state = D.STOPPED
+            dom.state = D.STOPPED
+        finally:
+            detach_input()
+            if launch_gdb:
+                signal.signal(signal.SIGINT, previous)
+                if gdb_proc is not None:
+                    try:
+                        gdb_proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        gdb_proc.kill()
+        code = cli._report(dom, state)
+        dom.close()
+        return code
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+def _start_gdb(args: argparse.Namespace, kernel: str, where: str) -> Optional[subprocess.Popen]:
+    gdb = shutil.which(args.gdb_binary)
+    if gdb is None:
+        _err(f"{args.gdb_binary}: not found (install gdb, or use `miniguest debug` and your own gdb)")
+        return None
+    cmd = [gdb, "-q"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    checkout = os.path.dirname(root)
+    if os.path.isdir(os.path.join(checkout, "firmware")):
+        cmd += ["-ex", f"directory {checkout}"]      # debug info names sources firmware/... from there
+    cmd += ["-ex", f"target remote {where}", *args.gdb_arg, kernel]
+    try:
+        return subprocess.Popen(cmd)
+    except OSError as e:
+        _err(f"cannot run {gdb}: {e.strerror or e}")
+        return None
+
+
+def _watch_gdb(proc: subprocess.Popen, stub) -> None:
+    """If gdb exits without ever connecting, end the session instead of waiting forever."""
+    import threading
+
+    def wait() -> None:
+        proc.wait()
+        loop = stub.loop
+        if not loop.closed:
+            loop.call_soon(lambda: stub.kill() if stub.epoch == 0 else None)
+    threading.Thread(target=wait, name="gdb-watch", daemon=True).start()
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    return _session(args, launch_gdb=False)
+
+
+def cmd_gdb(args: argparse.Namespace) -> int:
+    return _session(args, launch_gdb=True)
