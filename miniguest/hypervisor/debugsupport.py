@@ -37,10 +37,13 @@ How each piece is built on Unicorn 2.1 (facts measured for this code; numbers fr
   takes; from inside a code hook it stops before the instruction). Single-step and watchpoint completion
   are decided by the `until` check Domain.run makes between slices.
 
-Virtual time: the clock counts a translated block when it starts, so a stop in the middle of a block
-advances virtual time by the rest of that block. After a single-step the count is corrected to exactly
-one instruction when no timer fired meanwhile; other stops keep the small overcount. A run with a debugger
-is therefore deterministic for the same sequence of debugger commands, but not identical to a run without.
+Virtual time: the clock counts a translated block when it is entered, so a stop in the middle of a block
+would leave the rest of the block counted but not run, and running it after the stop would count it again.
+At a breakpoint or watchpoint stop the count is rewound to the stopping instruction (the clock records
+where the running block started), and a single-step counts exactly one instruction unless a timer fired
+meanwhile (time never runs backwards past what the guest may have seen). So breakpoints, watchpoints and
+steps leave a run instruction-for-instruction identical to a run without a debugger; an interrupt (Ctrl-C)
+stops between slices, where the clock is already exact.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ from typing import TYPE_CHECKING, Optional
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
 
 from miniguest.abi.arch_x86 import PAGE_SIZE
+from miniguest.hypervisor.memory import GuestFault
+from miniguest.hypervisor.privop import count_block_instructions
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -335,11 +340,14 @@ class DebugSupport:
         finally:
             if r.watch_hit is not None and not r.watch_fixup:
                 self._undo_stores(r)        # interrupted before the hit was completed: as if not reached
+                self._rewind_clock(vcpu)
             self._resume = None
             vcpu.hold_events = False
             self._watch_suppressed = False
         if self.domain.finished:
             return None
+        if r.stop is not None and r.stop.reason in (STOP_BREAKPOINT, STOP_CATCH, STOP_ENTRY):
+            self._rewind_clock(self.domain.vcpus[r.stop.vcpu])
         return r.stop or StopEvent(STOP_INTERRUPT, vcpu.id)
 
     def _until(self, domain: "Domain") -> bool:
@@ -350,6 +358,7 @@ class DebugSupport:
         if r.watch_hit is not None and not r.watch_fixup:
             # A watched access rolled its instruction back: undo its store, run it once more on its own.
             self._undo_stores(r)
+            self._rewind_clock(r.vcpu)
             r.watch_fixup = True
             self._watch_suppressed = True
             self._arm_step(r)
@@ -367,6 +376,25 @@ class DebugSupport:
         r.vcpu.hold_events = False           # stepped off a breakpoint: now run freely
         self._drop_step_hooks()
         return False
+
+    def _rewind_clock(self, vcpu: "Vcpu") -> None:
+        """The CPU stopped inside the block it was running, before the instruction at RIP: take back the
+        part of the block the clock counted on entry but that did not run."""
+        clock = self.domain.clock
+        now_at = getattr(clock, "now_at", None)
+        if now_at is None:
+            return
+
+        def between(start: int, end: int) -> int:
+            if end <= start:
+                return 0
+            return count_block_instructions(vcpu.aspace.read(start, end - start), start)[0]
+        try:
+            at = now_at(vcpu.rip, between) - clock.idle_ns
+        except GuestFault:
+            return
+        if 0 <= at < clock.icount:
+            clock.icount = at
 
     def _finish_step(self, r: _Resume) -> None:
         r.stepping = False
