@@ -1,0 +1,48 @@
+"""Golden traces: a run's trace compared with a trace file kept in the repository.
+
+A golden trace pins down everything a guest did to the hypervisor and what it got back, so an unintended
+change in hypercall handling shows up as the first diverging record with its context. When a change is
+intended, regenerate with `--update-golden` (pytest) and review the diff of the golden file like code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+from miniguest.debug.trace import TraceRecord, header_line
+from miniguest.regress.tracefile import DEFAULT_CONTEXT, TraceFileError, diff, format_divergence, load
+
+
+@dataclass
+class GoldenResult:
+    path: str
+    updated: bool                     # the golden file was (re)written
+    problem: Optional[str]            # None: the trace matches
+
+
+def write(path: str, records: Sequence[TraceRecord], meta: Optional[dict[str, Any]] = None) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(header_line(meta) + "\n")
+        for rec in records:
+            f.write(rec.to_json() + "\n")
+
+
+def check(path: str, records: Sequence[TraceRecord], meta: Optional[dict[str, Any]] = None, update: bool = False,
+          ignore: Iterable[str] = (), context: int = DEFAULT_CONTEXT) -> GoldenResult:
+    """Compare `records` with the golden file at `path` (or rewrite it when `update`)."""
+    if update:
+        write(path, records, meta)
+        return GoldenResult(path, True, None)
+    if not os.path.exists(path):
+        return GoldenResult(path, False, f"no golden trace {path}: run pytest with --update-golden to create it")
+    try:
+        golden = load(path)
+    except TraceFileError as e:
+        return GoldenResult(path, False, str(e))
+    div = diff(golden.records, records, context=context, ignore=ignore)
+    if div is None:
+        return GoldenResult(path, False, None)
+    return GoldenResult(path, False, f"trace differs from {path} (run with --update-golden if intended):\n"
+                                     + format_divergence(div, "golden", "this run"))
