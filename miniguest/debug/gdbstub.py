@@ -634,9 +634,9 @@ class GdbStub:
         elif stop is not None and stop.kind == BP_HARDWARE:
             parts.append("hwbreak:;")
         parts.append(f"thread:{vcpu_id + 1:x};")
-        vcpu = self.domain.vcpus[vcpu_id]
+        regs = self.domain.vcpus[vcpu_id].regs()
         for n in (tdesc.RBP, tdesc.RSP, tdesc.RIP):   # expedited: gdb needs no g for a plain step
-            parts.append(f"{n:02x}:{tdesc.read_register(vcpu, n).hex()};")
+            parts.append(f"{n:02x}:{regs[tdesc.REGISTERS[n].name].to_bytes(8, 'little').hex()};")
         return "".join(parts)
 
     def _final_packet(self) -> str:

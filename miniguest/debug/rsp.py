@@ -13,6 +13,7 @@ buffer. A small client (`RspClient`) for tests and tools/bench_gdb.py lives here
 """
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -20,7 +21,7 @@ from typing import Optional, Union
 PACKET_SIZE = 0x4000            # what we advertise (qSupported PacketSize): the largest packet we accept
 MAX_FRAME = 2 * PACKET_SIZE + 4  # an escaped packet may double in size; beyond this it is dropped
 INTERRUPT = 0x03
-_ESCAPED = frozenset(b"$#}*")
+_ESCAPE_RE = re.compile(rb"[$#}*]")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -33,15 +34,7 @@ def checksum(payload: bytes) -> int:
 
 
 def escape(payload: bytes) -> bytes:
-    if not any(b in _ESCAPED for b in payload):
-        return payload
-    out = bytearray()
-    for b in payload:
-        if b in _ESCAPED:
-            out += bytes((0x7D, b ^ 0x20))
-        else:
-            out.append(b)
-    return bytes(out)
+    return _ESCAPE_RE.sub(lambda m: bytes((0x7D, m.group()[0] ^ 0x20)), payload)
 
 
 def unescape(payload: bytes) -> bytes:
@@ -165,6 +158,7 @@ class RspClient:
 
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)     # as gdb does
         self.reader = PacketReader()
         self.ack = True
         self.console: list[bytes] = []          # O packets seen
