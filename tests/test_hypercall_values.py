@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import uuid
 
-from guestlib import facts, selftest
+from guestlib import SELFTEST, facts
 
 
-def test_hypercall_values():
-    dom = selftest("hypercalls")
+def test_hypercall_values(boot_guest):
+    dom = boot_guest(SELFTEST, cmdline="hypercalls").domain
     text = dom.console.text
     f = facts(text)
     assert dom.shutdown_reason == "poweroff", text
@@ -27,15 +27,12 @@ def test_hypercall_values():
     assert f["m2p_reads_new_value"] == str(0x12345) and f["machphys_update_foreign"] == "-22"
     assert f["sched_yield"] == "0" and f["sched_unknown"] == "-38"
     assert f["vcpu_is_up"] == "1" and f["vcpu_op_no_vcpu"] == "-2"
-    dom.close()
 
 
-def test_watchdog_and_suspend_end_states():
-    dom = selftest("watchdog")
+def test_watchdog_and_suspend_end_states(boot_guest):
+    dom = boot_guest(SELFTEST, cmdline="watchdog").domain
     assert (dom.state, dom.shutdown_reason) == ("shutdown", "watchdog")
     assert dom.clock.now_ns() >= 2_000_000_000            # it fired at 2 s of virtual time
     assert "watchdog timer expired" in dom.messages
-    dom.close()
-    dom = selftest("suspend")
+    dom = boot_guest(SELFTEST, cmdline="suspend").domain
     assert (dom.state, dom.shutdown_reason) == ("shutdown", "suspend")
-    dom.close()

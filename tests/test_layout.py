@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from guestlib import facts, selftest
+from guestlib import SELFTEST, facts
 
 PAGE = 4096
 
 
 @pytest.mark.parametrize("scramble", [False, True])
-def test_start_info_and_layout(scramble):
-    dom = selftest("layout", scramble_mfns=scramble, poison_memory=True, module=b"M" * 5000)
+def test_start_info_and_layout(boot_guest, scramble):
+    dom = boot_guest(SELFTEST, cmdline="layout", scramble_mfns=scramble, poison_memory=True,
+                     module=b"M" * 5000).domain
     f = facts(dom.console.text)
     assert dom.shutdown_reason == "poweroff", dom.console.text
     assert "FAIL" not in dom.console.text
@@ -45,10 +46,8 @@ def test_start_info_and_layout(scramble):
     else:
         assert identity == dom.nr_pages
     assert f["bss_zero"] == "1"        # RAM was poisoned with 0xA5: the builder zeroed the BSS
-    dom.close()
 
 
-def test_scrambled_mfns_are_a_permutation():
-    dom = selftest("layout", scramble_mfns=True)
+def test_scrambled_mfns_are_a_permutation(boot_guest):
+    dom = boot_guest(SELFTEST, cmdline="layout", scramble_mfns=True).domain
     assert sorted(dom.p2m) == list(range(dom.nr_pages)) and dom.p2m != sorted(dom.p2m)
-    dom.close()

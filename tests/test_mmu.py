@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestlib import facts, selftest
+from guestlib import SELFTEST, facts
 
 EXPECTED = {
     "map_frame_beyond_ram": "-1",          # EPERM: not RAM (an MMIO mapping)
@@ -28,11 +28,16 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("scramble", [False, True])
-def test_mmu_update_refusals(scramble):
-    dom = selftest("mmu", scramble_mfns=scramble)
+def test_mmu_update_refusals(boot_guest, scramble):
+    run = boot_guest(SELFTEST, cmdline="mmu", scramble_mfns=scramble)
+    dom = run.domain
     f = facts(dom.console.text)
     assert dom.shutdown_reason == "poweroff", dom.console.text
     for key, value in EXPECTED.items():
         assert f.get(key) == value, (key, f.get(key))
     assert any("is not owned by d1" in m for m in dom.messages)
-    dom.close()
+    # The trace shows each refusal with its errno and the decoded request (miniguest pytest plugin).
+    refused = [r.data for r in run.trace if r.kind == "hypercall" and r.data["name"] == "mmu_update"
+               and r.data.get("errno")]
+    assert {r["errno"] for r in refused} == {"EPERM", "EBUSY", "EINVAL", "ESRCH"}
+    assert all(r["in"]["reqs"] for r in refused)
