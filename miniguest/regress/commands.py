@@ -134,14 +134,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     from miniguest.loader.elf import ImageError
     from miniguest.xlcfg import ConfigError
 
-    sinks = []
-    if not args.quiet:
-        def to_terminal(data: bytes) -> None:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-        sinks.append(to_terminal)
     try:
-        dom, kernel, _, _ = cli.build_from_args(args, sinks)
+        dom, kernel, _, _ = cli.build_from_args(args, [] if args.quiet else [_to_terminal])
     except ImageError as e:
         _err(str(e))
         return cli.EXIT_BAD_IMAGE

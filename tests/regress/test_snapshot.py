@@ -6,7 +6,7 @@ import json
 import struct
 
 import pytest
-from regresslib import MINIOS, SELFTEST, PauseAfter, lines, trace_run, traced
+from regresslib import MINIOS, SELFTEST, PauseAfter, lines, traced
 
 from miniguest.debug.trace import Tracer
 from miniguest.hypervisor import vcpu as vcpu_module
