@@ -49,6 +49,20 @@ def test_selftest_restored_run_continues_identically(scenario, n):
     remaining_equal(SELFTEST, n, cmdline=scenario)
 
 
+@pytest.mark.parametrize("at_ns", [5_000_000, 25_000_000, 1_000_000_000])
+def test_stopped_with_run_until_restores_identically(at_ns):
+    """Stopped by run(until=...) at a virtual time -- mid-boot, blocked between timer ticks, later."""
+    dom, tracer = traced(MINIOS, cmdline="ticks=2")
+    assert dom.run(until=lambda d: d.clock.now_ns() >= at_ns) == "paused"
+    k = len(tracer.records)
+    restored = Snapshot.capture(dom).restore()
+    t2 = Tracer(restored).attach()
+    dom.run()
+    restored.run()
+    assert [(r.time, r.kind, r.data) for r in t2.records] == [(r.time, r.kind, r.data) for r in tracer.records[k:]]
+    assert restored.console.text == dom.console.text
+
+
 def test_scrambled_mfns_restore_identically():
     remaining_equal(MINIOS, 100, scramble_mfns=True)
 
