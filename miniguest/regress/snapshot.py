@@ -59,6 +59,14 @@ VCPU_SPECIAL = ("trap_table", "gdt_frames", "vcpu_info_view", "vcpu_info_mfn", "
 VCPU_RUNTIME = ("domain", "id", "uc", "hc_regs", "gprs", "frame_regs", "aspace", "in_syscall_hook",
                 "stop_reason", "in_multicall", "pending_intercepts")
 DOMAIN_FIELDS = ("nr_pages", "tot_pages", "max_pages", "grant_nr_frames", "vm_assist")
+# Domain attributes, as for the vCPU: carried (above, or in their own header part) or rebuilt/attached anew.
+DOMAIN_CARRIED = DOMAIN_FIELDS + ("domid", "state", "shutdown_reason", "shutdown_code", "crash_report", "messages",
+                                  "_logged", "hv_console_input", "watchdogs", "p2m", "uuid", "handle", "clock",
+                                  "timers", "events", "frames", "xen", "mem", "vcpus", "console", "console_backend",
+                                  "xenstored")
+DOMAIN_REBUILT = ("config", "host", "name", "image", "symbols", "layout", "start_info_va", "store",
+                  "hv_console_sink", "hypercall_observers", "trace_sinks", "fault_injector", "on_final", "on_idle",
+                  "_pause_requested", "_shared_info", "grant_frames", "internal_traceback")
 
 
 def _u64s(values: list[int]) -> bytes:

@@ -174,6 +174,12 @@ def test_every_vcpu_attribute_is_accounted_for():
     assert vcpu_module.Vcpu is type(dom.vcpus[0])
 
 
+def test_every_domain_attribute_is_accounted_for():
+    dom, _ = traced(MINIOS, cmdline="ticks=1")
+    dom.run()
+    assert set(vars(dom)) - set(S.DOMAIN_CARRIED + S.DOMAIN_REBUILT) == set()
+
+
 def test_a_running_domain_cannot_be_snapshotted():
     dom, _ = traced(SELFTEST, cmdline="layout")
     dom.state = "running"
