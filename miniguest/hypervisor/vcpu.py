@@ -335,7 +335,10 @@ class Vcpu:
             self._rax.value = result & 0xFFFFFFFFFFFFFFFF
             uclib.uc_reg_write(self._uch, X.UC_X86_REG_RAX, self._rax_ref)
         if self.domain.running and not self.blocked:
-            self.deliver_events()
+            # Inline test of upcall_pending && !upcall_mask: most hypercalls return with nothing to deliver.
+            view, off = self._vi()
+            if view[off] and not view[off + 1]:
+                self.deliver_events()
 
     def _user_syscall(self) -> None:
         """`syscall` from guest user mode: Xen enters the registered syscall callback in kernel mode with
