@@ -24,6 +24,7 @@ wrote it or its absolute form. WHEN counts the rule's matching occurrences from 
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
@@ -232,8 +233,6 @@ class FaultInjector:
         self.domain: Optional["Domain"] = None
         self._daemon: Any = None
         self._redelivering = False
-        # Delayed notifications waiting in the domain's timer queue: timer handle -> (port, dir, deadline).
-        self.delayed: dict[int, tuple[int, str, int]] = {}
 
     # -- wiring -------------------------------------------------------------------------------------------
     def attach(self, domain: "Domain") -> "FaultInjector":
@@ -306,26 +305,8 @@ class FaultInjector:
             else:
                 deadline = domain.clock.now_ns() + rule.delay_ns
                 self._emit(rule, action="delay", port=port, dir=direction, delay_ns=rule.delay_ns)
-                self.schedule(domain, port, direction, deadline)
+                schedule_redelivery(domain, port, direction, deadline, self)
         return taken
-
-    def schedule(self, domain: "Domain", port: int, direction: str, deadline: int) -> int:
-        """Deliver a held-back notification at `deadline` (also used by snapshot restore)."""
-        handle_box: list[int] = []
-
-        def fire() -> None:
-            self.delayed.pop(handle_box[0], None)
-            redeliver(domain, port, direction, self)
-
-        handle = domain.timers.add(deadline, fire)
-        handle_box.append(handle)
-        self.delayed[handle] = (port, direction, deadline)
-        return handle
-
-    def pending_delays(self) -> list[tuple[int, str, int]]:
-        """(port, direction, deadline) of every notification still held back, in timer order."""
-        live = {h for _, h in self.domain.timers.pending()} if self.domain is not None else set()
-        return [v for h, v in sorted(self.delayed.items()) if h in live]
 
     # -- xenstore (xenstored's message hook) ------------------------------------------------------------
     def _xenstore_hook(self, conn: Any, direction: str, msg_type: int, req_id: int, tx_id: int,
@@ -351,6 +332,32 @@ class FaultInjector:
             return True
         absolute = path if path.startswith("/") else f"{conn.implicit_path}/{path}"
         return fnmatch.fnmatchcase(absolute, pattern)
+
+
+# Notifications held back in a domain's timer queue: timer handle -> (port, direction, deadline). Kept per
+# domain rather than per injector: they outlive the injector that delayed them (and snapshots carry them).
+_DELAYED: "weakref.WeakKeyDictionary[Domain, dict[int, tuple[int, str, int]]]" = weakref.WeakKeyDictionary()
+
+
+def delayed_notifications(domain: "Domain") -> dict[int, tuple[int, str, int]]:
+    """The notifications still held back for `domain`, by timer handle."""
+    return _DELAYED.setdefault(domain, {})
+
+
+def schedule_redelivery(domain: "Domain", port: int, direction: str, deadline: int,
+                        injector: Optional["FaultInjector"] = None) -> int:
+    """Deliver a held-back notification at `deadline` (also used by snapshot restore)."""
+    pending = delayed_notifications(domain)
+    handle_box: list[int] = []
+
+    def fire() -> None:
+        pending.pop(handle_box[0], None)
+        redeliver(domain, port, direction, injector)
+
+    handle = domain.timers.add(deadline, fire)
+    handle_box.append(handle)
+    pending[handle] = (port, direction, deadline)
+    return handle
 
 
 def redeliver(domain: "Domain", port: int, direction: str, injector: Optional[FaultInjector] = None) -> None:

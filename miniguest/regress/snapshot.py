@@ -30,6 +30,7 @@ from miniguest.hypervisor.timers import Timers
 from miniguest.hypervisor.vcpu import TrapEntry
 
 from . import snapbackends, snapcpu
+from .faults import delayed_notifications, schedule_redelivery
 from .snapfile import Container, Fields, SnapshotError, latin1, unlatin1
 
 if TYPE_CHECKING:
@@ -165,8 +166,7 @@ def _timers(domain: "Domain") -> list[dict[str, Any]]:
             known[t.periodic] = {"what": "periodic", "vcpu": v.id, "deadline": t.periodic_next}
     for wid, handle in domain.watchdogs.items():
         known[handle] = {"what": "watchdog", "id": wid}
-    fi = domain.fault_injector
-    for handle, (port, direction, deadline) in getattr(fi, "delayed", {}).items():
+    for handle, (port, direction, deadline) in delayed_notifications(domain).items():
         known[handle] = {"what": "delayed_event", "port": port, "dir": direction, "deadline": deadline}
     out = []
     for deadline, handle in sorted(domain.timers.pending(), key=lambda dh: dh[1]):
@@ -402,7 +402,6 @@ def _restore_vcpu(domain: "Domain", v: Any, f: Fields) -> None:
 
 def _restore_timers(domain: "Domain", items: list) -> None:
     from miniguest.hypervisor.sched import _watchdog_fired
-    from .faults import FaultInjector
     domain.timers = Timers()
     domain.watchdogs = {}
     for v in domain.vcpus:
@@ -428,8 +427,7 @@ def _restore_timers(domain: "Domain", items: list) -> None:
             direction = t.str("dir")
             if direction not in ("raise", "send"):
                 raise SnapshotError(f"snapshot: timers[{i}].dir must be raise or send")
-            injector = domain.fault_injector if isinstance(domain.fault_injector, FaultInjector) else FaultInjector()
-            injector.schedule(domain, port, direction, deadline)
+            schedule_redelivery(domain, port, direction, deadline)
         else:
             raise SnapshotError(f"snapshot: timers[{i}] is of unknown kind {what!r}")
 

@@ -117,6 +117,8 @@ def test_pending_delayed_event_survives_a_snapshot():
     snap = Snapshot.capture(dom)
     assert [t["what"] for t in snap.header["timers"]].count("delayed_event") == 1
     restored = snap.restore()
+    again = Snapshot.capture(restored)                 # still held back: part of the restored domain too
+    assert again.header["timers"] == snap.header["timers"]
     t2 = Tracer(restored).attach()
     restored.run()
     k = len(tracer.records)
