@@ -109,6 +109,7 @@ class GdbStub:
         self.in_rcmd = False
         self.monitor: Optional[Monitor] = None
         self.send_timeout = SEND_TIMEOUT
+        self._detach_after_resume = False
         self._last_packet = b""
 
     # -- session ------------------------------------------------------------------------------------------
@@ -206,7 +207,14 @@ class GdbStub:
     def _client_lost(self) -> None:
         self.notify("gdb disconnected; the guest runs on")
         self._drop_client()
-        self._detach()
+        if self.running:
+            # Possibly inside a CPU hook (a trace record's O packet failed to send): hooks and tracers must
+            # not be removed from under Unicorn or the hypercall dispatcher. Stop at the next boundary and
+            # detach there; the guest then runs on.
+            self._detach_after_resume = True
+            self.debug.request_interrupt()
+        else:
+            self._detach()
 
     def _drop_client(self) -> None:
         client, self.client = self.client, None
@@ -587,6 +595,9 @@ class GdbStub:
             stop = self.debug.resume(step=action == "s", vcpu=vcpu)
         finally:
             self.running = False
+        if self._detach_after_resume:
+            self._detach_after_resume = False
+            self._detach()
         if stop is not None:
             self.last_stop = stop
         if self.epoch != epoch or self.client is None:
