@@ -141,8 +141,9 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
                 stub.close()
                 dom.close()
                 return EXIT_ERROR
-            _watch_gdb(gdb_proc, stub)
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is gdb's (it sends 0x03)
+            # While gdb runs, Ctrl-C on the terminal is gdb's: it sends 0x03 and the stub stops the guest.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _watch_gdb(gdb_proc, stub, previous)
         else:
             _err(f"waiting for gdb on {where}: gdb -ex 'target remote {where}' {kernel}")
             connect = getattr(cli, "_connect_console_input", None)
@@ -155,13 +156,9 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
             dom.state = D.STOPPED
         finally:
             detach_input()
-            if launch_gdb:
+            if gdb_proc is not None:
+                gdb_proc.wait()                 # the guest ended first: gdb stays until the user quits it
                 signal.signal(signal.SIGINT, previous)
-                if gdb_proc is not None:
-                    try:
-                        gdb_proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        gdb_proc.kill()
         code = cli._report(dom, state)
         dom.close()
         return code
@@ -188,15 +185,21 @@ def _start_gdb(args: argparse.Namespace, kernel: str, where: str) -> Optional[su
         return None
 
 
-def _watch_gdb(proc: subprocess.Popen, stub) -> None:
-    """If gdb exits without ever connecting, end the session instead of waiting forever."""
+def _watch_gdb(proc: subprocess.Popen, stub, sigint_handler) -> None:
+    """When gdb exits: give Ctrl-C back to miniguest (a detached guest may run on), and end the session if
+    gdb never connected instead of waiting for it forever. Signal handlers are set on the main thread,
+    which is the domain's: hand the work to its loop."""
     import threading
+
+    def on_main_thread() -> None:
+        signal.signal(signal.SIGINT, sigint_handler)
+        if stub.epoch == 0:
+            stub.kill()
 
     def wait() -> None:
         proc.wait()
-        loop = stub.loop
-        if not loop.closed:
-            loop.call_soon(lambda: stub.kill() if stub.epoch == 0 else None)
+        if not stub.loop.closed:
+            stub.loop.call_soon(on_main_thread)
     threading.Thread(target=wait, name="gdb-watch", daemon=True).start()
 
 
