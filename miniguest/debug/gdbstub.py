@@ -32,6 +32,7 @@ from typing import Callable, Optional, Union
 from unicorn import x86_const as X
 
 from miniguest.abi.arch_x86 import PAGE_SIZE, _PAGE_RW, _PAGE_USER
+from miniguest.cli import SHUTDOWN_EXIT             # W packets carry `miniguest boot`'s exit status
 from miniguest.debug import tdesc
 from miniguest.debug.monitor import Monitor
 from miniguest.debug.rsp import PACKET_SIZE, Event, PacketReader, ProtocolError, frame, hex_to_bytes, parse_hex
@@ -49,8 +50,6 @@ MAX_MEMORY_REPLY = (PACKET_SIZE - 32) // 2        # bytes of memory in one m rep
 MAX_INBOX = 64                                    # packets queued while the guest runs
 MAX_PENDING_CONSOLE = 1 << 16
 SEND_TIMEOUT = 10.0                               # a client that stops reading is dropped after this
-# Exit codes reported with W, as `miniguest boot` exits (see cli.py).
-SHUTDOWN_EXIT = {"poweroff": 0, "reboot": 4, "suspend": 5, "crash": 3, "watchdog": 6, "soft_reset": 4}
 Z_KINDS = {0: BP_SOFTWARE, 1: BP_HARDWARE, 2: WATCH_WRITE, 3: WATCH_READ, 4: WATCH_ACCESS}
 
 
@@ -97,6 +96,7 @@ class GdbStub:
         self.epoch = 0                      # which connection a pending stop reply belongs to
         self.halted = True                  # stopped under the debugger (vs detached and running)
         self.running = False                # inside DebugSupport.resume: Ctrl-C interrupts it
+        self.in_domain_run = False          # the detached guest runs freely (Domain.run)
         self.stop_pending = False           # gdb waits for a stop reply: console output may go out now
         self.resume_action: Optional[tuple[str, Optional[int]]] = None
         self.inbox: deque[bytes] = deque()
@@ -128,7 +128,11 @@ class GdbStub:
                         self._resume()
                     self._drain_inbox()
                 else:
-                    self.domain.run()        # detached: until the end, or a new gdb interrupts it
+                    self.in_domain_run = True
+                    try:
+                        self.domain.run()    # detached: until the end, or a new gdb interrupts it
+                    finally:
+                        self.in_domain_run = False
                     if not self.domain.finished:
                         self.halted = True
         finally:
@@ -151,7 +155,7 @@ class GdbStub:
         """Destroy the domain and end the session (gdb's `kill`; also safe via loop.call_soon from tests)."""
         self.killed = True
         if not self.domain.finished:
-            if self.running:
+            if self.running or self.in_domain_run:
                 self.domain.state = D.STOPPED       # Domain.run leaves its loop and runs on_final
                 self.domain.kick()
             else:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 from debuglib import HELLO, ROOT, SELFTEST, gdb_command, needs_gdb, run_gdb
@@ -130,4 +129,3 @@ def test_session_end(stub_for, command):
     out = run_gdb(s.port, HELLO, "break check", "continue", command)
     assert_clean(out)
     assert s.join() == ("stopped" if command == "kill" else "shutdown")
-    time.sleep(0)

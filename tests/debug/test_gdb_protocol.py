@@ -363,3 +363,15 @@ def test_connection_dropping_while_trace_output_flows(stub_for):
     assert s.join() == "shutdown"                                  # the breakpoint at finish went too
     assert "bench: 20000 hypercalls" in s.domain.console.text
     assert not any("internal error" in m for m in s.messages), s.messages
+
+
+def test_killing_a_detached_running_guest(stub_for):
+    s = stub_for(SELFTEST, cmdline="spin")
+    finals = []
+    s.call(lambda: s.domain.on_final.append(finals.append))
+    c = s.client()
+    assert c.request("D") == b"OK"
+    assert s.wait_until(lambda: s.stub.in_domain_run)
+    s.call(s.stub.kill)
+    assert s.join() == "stopped"
+    assert len(finals) == 1                              # the domain ended once
