@@ -36,7 +36,7 @@ class Monitor:
         self.debug = debug
         self.emit = emit
         self.formatter = TraceFormatter(domain)
-        self.recent: deque[str] = deque(maxlen=RING_SIZE)
+        self.recent: deque[TraceRecord] = deque(maxlen=RING_SIZE)      # formatted when asked for
         self._ring = Tracer(domain, kinds={"hypercall"}, sink=self._remember, keep=False).attach()
         self._live: Optional[Tracer] = None
         self.catches: dict[int, int] = {}          # hypercall number -> slot address
@@ -48,7 +48,7 @@ class Monitor:
             self._uncatch(nr)
 
     def _remember(self, rec: TraceRecord) -> None:
-        self.recent.append(self.formatter.format(rec))
+        self.recent.append(rec)
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def run(self, line: str) -> str:
@@ -76,7 +76,7 @@ class Monitor:
     # -- commands -----------------------------------------------------------------------------------------
     def cmd_hypercalls(self, args: list[str]) -> str:
         n = int(args[0], 0) if args else 20
-        lines = list(self.recent)[-n:] if n > 0 else []
+        lines = [self.formatter.format(rec) for rec in list(self.recent)[-n:]] if n > 0 else []
         if not lines:
             return "no hypercalls yet\n"
         return "\n".join(lines) + "\n"
