@@ -112,6 +112,9 @@ void guest_main(struct start_info *start)
         run_mmu();
     } else if (is("balloon")) {
         run_balloon();
+    } else if (is("minigaps")) {
+        char *what = strchr(si->cmd_line, ' ');
+        run_minigaps(what ? what + 1 : "");
     } else if (is("xtf")) {
         /* xtf RESULT [warn]: end the way an XTF test does (common/report.c), for the pytest plugin's tests. */
         char *res = strchr(si->cmd_line, ' ');

@@ -173,9 +173,16 @@ class ConsoleLog:
             if len(part) <= shown or self._covered[source]:
                 continue
             key = bytes(part)
-            if any(seen.startswith(key) for seen in self._unmatched[self._other(source)]):
+            other = self._other(source)
+            if any(seen.startswith(key) for seen in self._unmatched[other]):
                 self._covered[source] = True       # the other source already showed the whole line
                 continue
+            # Both sources hold the same unfinished line (printk writes it to each): what the other
+            # source's flush showed of it is not shown again.
+            other_shown = bytes(self._partial[other][:self._shown[other]])
+            if other_shown and not self._covered[other] and (key.startswith(other_shown)
+                                                             or other_shown.startswith(key)):
+                shown = max(shown, min(len(key), len(other_shown)))
             self._emit(key[shown:])
             self._shown[source] = len(part)
 
