@@ -137,6 +137,10 @@ class Vcpu:
         uc.reg_write(X.UC_X86_REG_CR0, CR0_GUEST & ~0x80000000)
         uc.msr_write(MSR_EFER, EFER_GUEST)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_VIRT_START, GDT_SIZE - 1, 0))
+        # The FPU state a new vCPU starts with on Xen (FNINIT's control word, MXCSR's reset value: all
+        # x87/SSE exceptions masked).
+        uc.reg_write(X.UC_X86_REG_FPCW, 0x37F)
+        uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)
 
     def _install_hooks(self) -> None:
         uc = self.uc

@@ -8,5 +8,5 @@ Modules (each small, importable on its own):
   snapshot      snapshot/restore of a domain and its backends (docs/snapshot-format.md)
   golden        golden-trace comparison with an update mode
   pytest_plugin the `pytest11` plugin: fixtures to boot guests, XTF result mapping, --update-golden
-  commands      the `miniguest trace ...` subcommands and the `--inject`/`--trace` boot options
+  commands      the `miniguest trace ...` and `snapshot ...` subcommands, the `--inject`/`--maxmem` boot options
 """
