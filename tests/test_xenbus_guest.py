@@ -163,3 +163,14 @@ def test_cli_shutdown_request_over_the_store_socket(tmp_path: Any) -> None:
             boot_p.communicate()
     assert boot_p.returncode == 4, err.decode()
     assert b"shut down: reboot" in err
+
+
+def test_xenstore_bench_mode_round_trips():
+    """minios `xsbench=N` (used by tools/bench.py) writes and reads back N values through the ring."""
+    from miniguest import Domain, samples
+    dom = Domain.from_elf(samples.path("minios"), cmdline="xsbench=50")
+    dom.run()
+    assert dom.shutdown_reason == "poweroff"
+    assert "xenstore bench: 50 round trips" in dom.console.text
+    assert dom.store.read(f"/local/domain/{dom.domid}/data/bench") == b"49"
+    dom.close()

@@ -6,6 +6,7 @@
   code        guest compute loop under miniguest vs the same machine code on bare Unicorn (ratio)
   hypercalls  no-op hypercalls (xen_version) vs a bare Unicorn `syscall` loop with a Python hook
   exceptions  int3 -> guest handler -> back, with a native iretq and with HYPERVISOR_iret
+  xenstore    minios: guest-side xenbus write+read round trips through the ring
 
 Rates use differences between a short and a long run of the same guest, so boot costs cancel out.
 Numbers vary with the machine; the ratios are what to compare.
@@ -94,6 +95,22 @@ def bench_minios(reps: int) -> None:
           f"{statistics.median(total) * 1000:.1f} ms, median of {reps}")
 
 
+def bench_xenstore(n: int) -> None:
+    """minios `xsbench=N`: guest-side xenbus write+read round trips through the ring and our xenstored."""
+    def run(count: int) -> float:
+        dom = Domain.from_elf(MINIOS, cmdline=f"xsbench={count}")
+        t = time.perf_counter()
+        dom.run()
+        dt = time.perf_counter() - t
+        assert dom.shutdown_reason == "poweroff", dom.console.text[-500:]
+        dom.close()
+        return dt
+    dts = [run(n) - run(n // 10) for _ in range(3)]
+    rate = (n - n // 10) / statistics.median(dts)
+    print(f"xs     guest xenstore round trips (write + read through the ring): {rate / 1e3:.1f} k/s "
+          f"({2 * rate / 1e3:.1f} k requests/s)")
+
+
 def bare_loop_seconds(iterations: int) -> float:
     """Run selftest's bench_loop machine code on a bare Unicorn (flat memory, no hooks)."""
     data = open(SELFTEST, "rb").read()
@@ -165,7 +182,7 @@ def bench_exceptions(n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="*", default=["boot", "minios", "code", "hypercalls", "exceptions"])
+    p.add_argument("which", nargs="*", default=["boot", "minios", "code", "hypercalls", "exceptions", "xenstore"])
     p.add_argument("--quick", action="store_true", help="smaller runs")
     a = p.parse_args()
     scale = 10 if a.quick else 1
@@ -179,6 +196,8 @@ def main() -> None:
         bench_hypercalls(200_000 // scale)
     if "exceptions" in a.which:
         bench_exceptions(50_000 // scale)
+    if "xenstore" in a.which and os.path.exists(MINIOS):
+        bench_xenstore(5000 // scale)
 
 
 if __name__ == "__main__":
