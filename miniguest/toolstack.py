@@ -49,6 +49,13 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
     if wallclock is not None:
         config.wallclock = wallclock
     domain, builder = build_domain(image, config, host)
+    if wallclock is None and realtime:
+        # --realtime: the guest's time of day is the host's, as Xen's wallclock is dom0's (the time of day
+        # at system time 0, which is when the domain's clock started).
+        import time
+        from miniguest.hypervisor.time import set_wallclock
+        config.wallclock = divmod(time.time_ns() - domain.clock.now_ns(), 1_000_000_000)
+        set_wallclock(domain, *config.wallclock)
     host = domain.host
     domain.symbols = Symbols.from_elf(image.raw)
 

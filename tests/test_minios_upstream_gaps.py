@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from miniguest.backends.console import HV, RING, ConsoleLog
 
-from guestlib import selftest
+from guestlib import facts, selftest
 
 
 def test_unfinished_line_from_both_sources_is_shown_once():
@@ -38,3 +38,26 @@ def test_console_log_merges_identical_unfinished_lines():
     log.write(RING, b"b")
     log.flush()
     assert log.text == "echo> hello\nab"
+
+
+def test_realtime_wallclock_is_the_hosts_time_of_day():
+    # Mini-OS's gettimeofday() is shared_info's wallclock plus system time ("T(s=... us=...)" lines). On
+    # Xen the wallclock is dom0's time of day; under --realtime miniguest kept its fixed virtual epoch
+    # (2026-01-01), so a real-time Mini-OS printed a date unrelated to the host's.
+    import time
+    before = time.time()
+    dom = selftest("minigaps wallclock", realtime=True)
+    text = dom.console.text
+    dom.close()
+    after = time.time()
+    f = facts(text)
+    assert before - 2 <= int(f["wc_sec"]) <= after, text
+
+
+def test_virtual_time_keeps_its_fixed_wallclock():
+    # Default (reproducible) runs keep the configured epoch: the same console bytes on every run.
+    dom = selftest("minigaps wallclock")
+    text = dom.console.text
+    wc = dom.config.wallclock[0]
+    dom.close()
+    assert facts(text)["wc_sec"] == str(wc) == "1767225600", text
