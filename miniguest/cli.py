@@ -70,6 +70,8 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--memory", type=int, metavar="MiB", help="guest memory (default 32)")
     p.add_argument("-c", "--cmdline", help="guest command line")
     p.add_argument("--module", metavar="FILE", help="a module/ramdisk (start_info mod_start/mod_len)")
+    p.add_argument("--maxmem", type=int, metavar="MiB",
+                   help="the most memory the guest may balloon up to (xl maxmem; default: --memory)")
     p.add_argument("--name", help="domain name")
     p.add_argument("--max-insns", type=int, metavar="N", help="instruction budget (exit 7 when exhausted)")
     p.add_argument("--scramble-mfns", action="store_true",
@@ -99,6 +101,8 @@ def build_from_args(args: argparse.Namespace, console_sinks: list):
         opts["module"] = args.module
     if args.name is not None:
         opts["name"] = args.name
+    if args.maxmem is not None:
+        opts["maxmem"] = args.maxmem
 
     def sink(data: bytes) -> None:
         for s in console_sinks:

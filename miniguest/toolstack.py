@@ -32,7 +32,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
                   poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
-                  **extra: Any) -> Domain:
+                  maxmem: Optional[int] = None, **extra: Any) -> Domain:
     image = parse_kernel(kernel, image_data)      # image_data: the ELF's bytes (snapshot restore), else read
     if isinstance(module, str):
         try:
@@ -42,9 +42,12 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
             raise ImageError(f"{module}: {e.strerror}") from None
     if memory_mib <= 0 or memory_mib > 4096:
         raise ImageError(f"memory must be between 1 and 4096 MiB (got {memory_mib})")
+    if maxmem is not None and not 0 <= maxmem <= 4096:
+        raise ImageError(f"maxmem must be between 0 and 4096 MiB (got {maxmem})")
     config = DomainConfig(name=name or os.path.splitext(os.path.basename(kernel))[0], memory_mib=memory_mib,
                           cmdline=cmdline, module=module, scramble_mfns=scramble_mfns,
                           max_instructions=max_instructions, poison_memory=poison_memory, realtime=realtime,
+                          max_memory_mib=maxmem,
                           extra=dict(extra))
     if wallclock is not None:
         config.wallclock = wallclock

@@ -79,3 +79,15 @@ void run_balloon(void)
            more, got, 0), 2 + got);
     expect("reservation_end", before - reservation(), 4);
 }
+
+/* Scenario `grow`: take pages with increase_reservation one at a time until Xen says no: a domain can grow
+ * up to its maxmem, no further. */
+void run_grow(void)
+{
+    long before = reservation(), n = 0;
+    unsigned long mfn;
+    while (memop(XENMEM_increase_reservation, &mfn, 1, 0) == 1 && n < 100000)
+        n++;
+    printk("grown_pages = %ld\n", n);
+    expect("grow_reservation", reservation() - before, n);
+}

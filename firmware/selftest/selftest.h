@@ -18,6 +18,7 @@ void run_evtchn(void);
 void run_hypercalls(void);
 void run_xtfgaps(void);
 void run_echo(void);
+void run_grow(void);
 void run_minigaps(const char *what);
 void run_bench(const char *what, unsigned long n);
 #endif

@@ -67,6 +67,7 @@ class DomainConfig:
     max_evtchn_ports: int = 1023
     poison_memory: bool = False       # fill RAM with 0xA5 before building: catches code assuming zeroed RAM
     realtime: bool = False            # system time follows the host clock (not reproducible)
+    max_memory_mib: Optional[int] = None   # xl's maxmem: the cap, with free machine frames up to it
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,8 +83,13 @@ class Domain:
         self.handle = uuidlib.UUID(self.uuid).bytes
         self.nr_pages = config.memory_mib * 256
         self.tot_pages = self.nr_pages
-        self.max_pages = self.nr_pages
-        nr_machine = self.nr_pages + MAX_GRANT_FRAMES + xen_frames_needed(self.nr_pages + MAX_GRANT_FRAMES)
+        # Room to balloon up to maxmem: free machine frames after Xen's own (so that the frame numbers of
+        # everything else do not depend on maxmem); reservation hypercalls take them from there.
+        # A maxmem below the memory is a cap the domain starts above (as after `xl mem-max`).
+        max_pages = self.nr_pages if config.max_memory_mib is None else config.max_memory_mib * 256
+        self.max_pages = max_pages
+        base = self.nr_pages + MAX_GRANT_FRAMES + max(0, max_pages - self.nr_pages)
+        nr_machine = base + xen_frames_needed(base)
         self.mem = MachineMemory(nr_machine)
         self.frames = FrameTable(self.mem)
         # pfn -> mfn. Scrambled: a fixed pseudo-random permutation, so pfn/mfn confusion shows up.

@@ -37,14 +37,9 @@ def add_domain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inject", action="append", type=_rule, metavar="RULE", default=[],
                         help="fault injection, e.g. hypercall:event_channel_op:bind_virq:-ENOSPC@1, "
                              "event:drop:port=3@2, xenstore:read:ENOENT@1 (repeatable)")
-    parser.add_argument("--maxmem", type=int, metavar="MiB",
-                        help="memory cap: reservation hypercalls cannot take the domain past it (xl maxmem)")
 
 
 def configure_domain(domain: Any, args: argparse.Namespace) -> None:
-    if getattr(args, "maxmem", None) is not None:
-        from miniguest.regress.resources import set_memory_cap
-        set_memory_cap(domain, mib=max(0, args.maxmem))
     rules = getattr(args, "inject", None)
     if rules:
         from miniguest.regress.faults import FaultInjector

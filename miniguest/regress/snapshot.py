@@ -216,7 +216,8 @@ def capture_header(domain: "Domain") -> tuple[dict[str, Any], dict[str, bytes]]:
         "image": {"name": os.path.basename(image.path), "sha256": hashlib.sha256(image.raw).hexdigest()},
         "config": {"name": cfg.name, "memory_mib": cfg.memory_mib, "cmdline": cfg.cmdline,
                    "scramble_mfns": cfg.scramble_mfns, "max_instructions": cfg.max_instructions,
-                   "wallclock": list(cfg.wallclock), "uuid": domain.uuid, "poison_memory": cfg.poison_memory},
+                   "wallclock": list(cfg.wallclock), "uuid": domain.uuid, "poison_memory": cfg.poison_memory,
+                   "max_memory_mib": cfg.max_memory_mib},
         "domain": {**{name: getattr(domain, name) for name in DOMAIN_FIELDS},
                    "domid": domain.domid, "nr_frames": domain.mem.nr_frames, "state": domain.state,
                    "shutdown_reason": domain.shutdown_reason, "shutdown_code": domain.shutdown_code,
@@ -511,6 +512,7 @@ class Snapshot:
                                     max_instructions=cfg.int("max_instructions", optional=True),
                                     wallclock=(wall[0], wall[1]) if len(wall) == 2 else None,
                                     poison_memory=cfg.bool("poison_memory"),
+                                    maxmem=cfg.int("max_memory_mib", 0, 4096, optional=True),
                                     module=self.container.sections.get("module"))
         opts.update(options)
         try:
