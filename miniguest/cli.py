@@ -56,7 +56,8 @@ def _resolve_image(arg: Optional[str]) -> tuple[str, dict]:
     arg = arg or samples.DEFAULT
     if arg.endswith(".cfg") and os.path.exists(arg):
         cfg = parse_xl_config(arg)
-        opts = {"memory_mib": cfg.memory, "cmdline": cfg.cmdline, "name": cfg.name, "module": cfg.ramdisk,
+        opts = {"memory_mib": cfg.memory, "maxmem": cfg.maxmem, "cmdline": cfg.cmdline, "name": cfg.name,
+                "module": cfg.ramdisk,
                 "on_poweroff": cfg.on_poweroff, "on_reboot": cfg.on_reboot, "on_crash": cfg.on_crash,
                 "on_watchdog": cfg.on_watchdog}
         return cfg.kernel, {k: v for k, v in opts.items() if v is not None}

@@ -23,6 +23,7 @@ class ConfigError(Exception):
 class XlConfig:
     kernel: str
     memory: int = 32
+    maxmem: Optional[int] = None
     name: Optional[str] = None
     cmdline: str = ""
     ramdisk: Optional[str] = None
@@ -65,6 +66,11 @@ def parse_xl_config(path: str) -> XlConfig:
             cfg.memory = int(values.pop("memory"))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: memory must be a number of MiB") from None
+    if "maxmem" in values:
+        try:
+            cfg.maxmem = int(values.pop("maxmem"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: maxmem must be a number of MiB") from None
     if "name" in values:
         cfg.name = str(values.pop("name"))
     parts = [str(values.pop(k)) for k in ("root", "extra", "cmdline") if k in values]

@@ -39,3 +39,10 @@ def test_cli_maxmem():
     r = cli("boot", SELFTEST, "-c", "grow", "--maxmem", "33", "--quiet", "--console-log", "/dev/stdout")
     assert r.returncode == 0
     assert b"grown_pages = 256" in r.stdout
+
+
+def test_xl_config_maxmem(tmp_path):
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(f'kernel = "{SELFTEST}"\nmemory = 32\nmaxmem = 33\nextra = "grow"\n')
+    r = cli("boot", str(cfg), "--quiet", "--console-log", "/dev/stdout")
+    assert r.returncode == 0 and b"grown_pages = 256" in r.stdout

@@ -188,7 +188,9 @@ class TraceFormatter:
         if self.live and self.domain is not None and self.domain.vcpus:
             vid = d.get("vcpu", 0)
             vcpu = self.domain.vcpus[vid if 0 <= vid < len(self.domain.vcpus) else 0]
-            text += f" to {self.where(vcpu.event_callback)}, interrupting {self.where(vcpu.rip)}"
+            # Inside a hypercall, RIP is still on the `syscall` (Unicorn adds its length after the hook).
+            rip = vcpu.rip + (2 if vcpu.in_syscall_hook else 0)
+            text += f" to {self.where(vcpu.event_callback)}, interrupting {self.where(rip)}"
         return text
 
     def _fmt_event(self, d: dict[str, Any]) -> str:
