@@ -8,7 +8,7 @@ page table.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, PTE_ADDR_MASK
@@ -72,45 +72,60 @@ def normal_pt_update(dom: "Domain", ptr: int, val: int, preserve_ad: bool) -> No
     frames.put_type(mfn)
 
 
-@hypercall(HYPERVISOR_mmu_update, 4)
-def mmu_update(vcpu: "Vcpu", ureqs: int, count: int, pdone: int, foreigndom: int) -> int:
-    dom = vcpu.domain
+def _batch(vcpu: "Vcpu", items: int, count: int, pdone: int, foreigndom: int, layout: struct.Struct,
+           one: Callable[..., int]) -> int:
+    """The loop mmu_update and mmuext_op share (Xen's do_mmu_update/do_mmuext_op): check the owner and the
+    whole array, run the requests in order until one fails, flush the TLB, report how many were done."""
     count &= 0xFFFFFFFF
     count &= ~MMU_UPDATE_PREEMPTED
     _check_owner(vcpu, foreigndom)
-    if not guest_range_ok(ureqs, 16 * count):
+    if not guest_range_ok(items, layout.size * count):
         return -errno.EFAULT
     rc = 0
-    i = 0
+    done = 0
     try:
-        for i in range(count):
+        for done in range(count):
             try:
-                ptr, val = _ENTRY.unpack(vcpu.mem.read(ureqs + 16 * i, 16))
+                fields = layout.unpack(vcpu.mem.read(items + layout.size * done, layout.size))
             except GuestFault:
                 rc = -errno.EFAULT
                 break
-            cmd = ptr & 7
             try:
-                if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
-                    normal_pt_update(dom, ptr - cmd, val, cmd == MMU_PT_UPDATE_PRESERVE_AD)
-                elif cmd == MMU_MACHPHYS_UPDATE:
-                    mfn = ptr >> 12
-                    if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
-                        raise PageTypeError(-errno.EINVAL, f"machphys update of foreign mfn {mfn:#x}")
-                    dom.set_m2p(mfn, val)
-                else:
-                    rc = -errno.ENOSYS
-                    break
-            except PageTypeError as e:
-                dom.log_once(("mmu_update", str(e)), f"mmu_update refused: {e}")
-                rc = e.err
+                rc = one(vcpu, *fields)
+            except GuestFault:
+                rc = -errno.EFAULT
+            if rc:
                 break
         else:
-            i = count
+            done = count
     finally:
         vcpu.flush_tlb()
-    _report_done(vcpu, pdone, i)
+    _report_done(vcpu, pdone, done)
     return rc
+
+
+def _one_mmu_update(vcpu: "Vcpu", ptr: int, val: int) -> int:
+    dom = vcpu.domain
+    cmd = ptr & 7
+    try:
+        if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
+            normal_pt_update(dom, ptr - cmd, val, cmd == MMU_PT_UPDATE_PRESERVE_AD)
+        elif cmd == MMU_MACHPHYS_UPDATE:
+            mfn = ptr >> 12
+            if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
+                raise PageTypeError(-errno.EINVAL, f"machphys update of foreign mfn {mfn:#x}")
+            dom.set_m2p(mfn, val)
+        else:
+            return -errno.ENOSYS
+    except PageTypeError as e:
+        dom.log_once(("mmu_update", str(e)), f"mmu_update refused: {e}")
+        return e.err
+    return 0
+
+
+@hypercall(HYPERVISOR_mmu_update, 4)
+def mmu_update(vcpu: "Vcpu", ureqs: int, count: int, pdone: int, foreigndom: int) -> int:
+    return _batch(vcpu, ureqs, count, pdone, foreigndom, _ENTRY, _one_mmu_update)
 
 
 def switch_base(vcpu: "Vcpu", mfn: int, user: bool) -> None:
@@ -135,36 +150,15 @@ def switch_base(vcpu: "Vcpu", mfn: int, user: bool) -> None:
 
 @hypercall(HYPERVISOR_mmuext_op, 4)
 def mmuext_op(vcpu: "Vcpu", uops: int, count: int, pdone: int, foreigndom: int) -> int:
-    dom = vcpu.domain
-    count &= 0xFFFFFFFF
-    count &= ~MMU_UPDATE_PREEMPTED
-    _check_owner(vcpu, foreigndom)
-    if not guest_range_ok(uops, 24 * count):
-        return -errno.EFAULT
-    rc = 0
-    i = 0
+    return _batch(vcpu, uops, count, pdone, foreigndom, _MMUEXT, _one_mmuext_logged)
+
+
+def _one_mmuext_logged(vcpu: "Vcpu", cmd: int, arg1: int, arg2: int) -> int:
     try:
-        for i in range(count):
-            try:
-                cmd, arg1, arg2 = _MMUEXT.unpack(vcpu.mem.read(uops + 24 * i, 24))
-            except GuestFault:
-                rc = -errno.EFAULT
-                break
-            try:
-                rc = _one_mmuext(vcpu, cmd, arg1, arg2)
-            except PageTypeError as e:
-                dom.log_once(("mmuext", cmd, str(e)), f"mmuext_op {MMUEXT_NAMES.get(cmd, cmd)} refused: {e}")
-                rc = e.err
-            except GuestFault:
-                rc = -errno.EFAULT
-            if rc:
-                break
-        else:
-            i = count
-    finally:
-        vcpu.flush_tlb()
-    _report_done(vcpu, pdone, i)
-    return rc
+        return _one_mmuext(vcpu, cmd, arg1, arg2)
+    except PageTypeError as e:
+        vcpu.domain.log_once(("mmuext", cmd, str(e)), f"mmuext_op {MMUEXT_NAMES.get(cmd, cmd)} refused: {e}")
+        return e.err
 
 
 def _one_mmuext(vcpu: "Vcpu", cmd: int, arg1: int, arg2: int) -> int:
