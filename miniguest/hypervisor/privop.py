@@ -111,32 +111,20 @@ def _emulate_privileged(vcpu: "Vcpu", rip: int) -> int:
         msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         value = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
         return plen + 2 if write_msr(vcpu, msr, value) else 0
-    if op[1] in (0x20, 0x22) and len(op) >= 3:         # mov from/to control register
+    if op[1] in (0x20, 0x21, 0x22, 0x23) and len(op) >= 3:   # mov from/to a control or debug register
         modrm = op[2]
         if modrm >> 6 != 3:
             return 0
-        cr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
+        number = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
         gpr = GPR_BY_NUMBER[(modrm & 7) | (8 if rex & 1 else 0)]
-        if op[1] == 0x20:
-            value = read_cr(vcpu, cr)
+        debug = op[1] in (0x21, 0x23)
+        if op[1] in (0x20, 0x21):
+            value = (read_dr if debug else read_cr)(vcpu, number)
             if value is None:
                 return 0
             uc.reg_write(gpr, value)
             return plen + 3
-        return plen + 3 if write_cr(vcpu, cr, uc.reg_read(gpr)) else 0
-    if op[1] in (0x21, 0x23) and len(op) >= 3:         # mov from/to debug register
-        modrm = op[2]
-        if modrm >> 6 != 3:
-            return 0
-        dr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
-        gpr = GPR_BY_NUMBER[(modrm & 7) | (8 if rex & 1 else 0)]
-        if op[1] == 0x21:
-            value = read_dr(vcpu, dr)
-            if value is None:
-                return 0
-            uc.reg_write(gpr, value)
-            return plen + 3
-        return plen + 3 if write_dr(vcpu, dr, uc.reg_read(gpr)) else 0
+        return plen + 3 if (write_dr if debug else write_cr)(vcpu, number, uc.reg_read(gpr)) else 0
     if op[1] == 0x06:                                  # clts
         uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) & ~8)
         vcpu.cr0_ts = False
