@@ -74,6 +74,8 @@ void guest_main(struct start_info *start)
         run_evtchn();
         hv_printf("selftest: %d failures\n", failures);
         HYPERVISOR_shutdown(failures ? SHUTDOWN_crash : SHUTDOWN_poweroff);
+    } else if (is("segments")) {
+        run_segments();
     } else if (is("grow")) {
         run_grow();
     } else if (is("rdtsc")) {

@@ -19,6 +19,7 @@ void run_hypercalls(void);
 void run_xtfgaps(void);
 void run_echo(void);
 void run_grow(void);
+void run_segments(void);
 void run_minigaps(const char *what);
 void run_bench(const char *what, unsigned long n);
 #endif
