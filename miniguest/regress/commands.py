@@ -219,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-class _PauseAfterHypercalls:
+class PauseAfterHypercalls:
     """Hypercall observer: pause the domain right after its n-th hypercall (a defined snapshot point)."""
 
     def __init__(self, n: int) -> None:
@@ -246,7 +246,7 @@ def cmd_snapshot_save(args: argparse.Namespace) -> int:
         _err(str(e))
         return cli.EXIT_BAD_IMAGE if isinstance(e, ImageError) else cli.EXIT_ERROR
     if args.after_hypercalls is not None:
-        dom.hypercall_observers.append(_PauseAfterHypercalls(args.after_hypercalls))
+        dom.hypercall_observers.append(PauseAfterHypercalls(args.after_hypercalls))
         state = dom.run()
     else:
         state = dom.run(until=lambda d: d.clock.now_ns() >= args.at_ns)

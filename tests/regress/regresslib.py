@@ -11,25 +11,14 @@ from guestlib import HELLO, ROOT, SELFTEST  # noqa: E402
 
 from miniguest import Domain, samples  # noqa: E402
 from miniguest.debug.trace import Tracer  # noqa: E402
+from miniguest.regress.commands import PauseAfterHypercalls  # noqa: E402
 
 MINIOS: Optional[str] = samples.path("minios")
 GOLDEN = os.path.join(ROOT, "tests", "golden")
 
 
-class PauseAfter:
-    """A hypercall observer that pauses the domain right after its n-th hypercall (a defined stop point)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.seen = 0
-
-    def before(self, vcpu: Any, nr: int, args: tuple[int, ...]) -> None:
-        pass
-
-    def after(self, vcpu: Any, nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
-        self.seen += 1
-        if self.seen == self.n:
-            vcpu.domain.pause()
+# A hypercall observer that pauses the domain right after its n-th hypercall (a defined stop point).
+PauseAfter = PauseAfterHypercalls
 
 
 def traced(path: str, **options: Any) -> tuple[Domain, Tracer]:
