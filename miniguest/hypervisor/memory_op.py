@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import MACH2PHYS_VIRT_START
-from miniguest.abi.memory import (E820_RAM, MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT, XENMEM_NAMES,
+from miniguest.abi.memory import (MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT, XENMEM_NAMES,
                                   XENMEM_current_reservation, XENMEM_decrease_reservation,
                                   XENMEM_increase_reservation, XENMEM_populate_physmap,
                                   XENMEM_machphys_mapping, XENMEM_maximum_gpfn, XENMEM_maximum_ram_page,
