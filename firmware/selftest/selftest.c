@@ -98,6 +98,8 @@ void guest_main(struct start_info *start)
         run_hypercalls();
     } else if (is("xtfgaps")) {
         run_xtfgaps();
+    } else if (is("xtfgaps2")) {
+        run_xtfgaps2();
     } else if (is("suspend")) {
         HYPERVISOR_shutdown(SHUTDOWN_suspend);
     } else if (is("watchdog")) {

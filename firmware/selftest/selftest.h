@@ -17,6 +17,7 @@ void run_usermode(void);
 void run_evtchn(void);
 void run_hypercalls(void);
 void run_xtfgaps(void);
+void run_xtfgaps2(void);
 void run_echo(void);
 void run_grow(void);
 void run_segments(void);

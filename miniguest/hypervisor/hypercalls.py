@@ -116,5 +116,5 @@ def load_families() -> None:
     if _loaded:
         return
     from miniguest.hypervisor import (console_io, events_op, gnttab, memory_op, mm, multicall,  # noqa: F401
-                                      sched, time, traps, vcpu_op, version)
+                                      physdev, sched, time, traps, vcpu_op, version)
     _loaded = True

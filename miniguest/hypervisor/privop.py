@@ -19,6 +19,7 @@ from unicorn import x86_const as X
 
 from miniguest.abi.arch_x86 import (MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, MSR_TSC_AUX,
                                     TRAP_gp_fault, TRAP_invalid_op)
+from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.memory import GuestFault, canonical
 from miniguest.hypervisor.vcpu import CR0_GUEST, CR4_GUEST, EFER_GUEST, GuestCrash
 
@@ -83,8 +84,10 @@ def count_block_instructions(code: bytes, addr: int) -> tuple[int, list[int]]:
 # -- #GP: emulate or reflect ------------------------------------------------------------------------------
 def emulate_gp(vcpu: "Vcpu", rip: int, error_code: int) -> bool:
     """Handle a #GP from the guest. Returns True once it is fully dealt with (emulated or injected)."""
-    if error_code == 0 and vcpu.kernel_mode:
-        length = _emulate_privileged(vcpu, rip)
+    if error_code == 0:
+        length = _emulate_privileged(vcpu, rip) if vcpu.kernel_mode else 0
+        if not length:
+            length = _emulate_cli_sti(vcpu, rip)
         if length:
             vcpu.domain.trace_privop(vcpu, rip, _fetch(vcpu, rip, length))
             vcpu.set_rip(rip + length)
@@ -295,8 +298,51 @@ def invalid_opcode(vcpu: "Vcpu") -> None:
     vcpu.after_exception()
 
 
+# -- the virtual IOPL ---------------------------------------------------------------------------------------
+# Xen shadows the IOPL a PV guest asks for (PHYSDEVOP_set_iopl, or the iret frames with
+# VMASST_TYPE_architectural_iopl) and consults it when `cli`, `sti` or an I/O instruction faults: the guest
+# kernel counts as CPL 1 (CPL 0 with the vm_assist), guest user mode as CPL 3 (iopl_ok in emul-priv-op.c).
+# With enough IOPL, `cli`/`sti` complete as no-ops (they never touch the event mask: Xen's validate()
+# returns X86EMUL_DONE for them) and I/O reaches no device (a domU owns no ports): `in` reads all ones,
+# `out` is dropped. String I/O (ins/outs) is not emulated and keeps its #GP.
+def iopl_ok(vcpu: "Vcpu") -> bool:
+    if vcpu.kernel_mode:
+        cpl = 0 if vcpu.domain.vm_assist & (1 << VMASST_TYPE_architectural_iopl) else 1
+    else:
+        cpl = 3
+    return cpl <= vcpu.iopl
+
+
+def _emulate_cli_sti(vcpu: "Vcpu", rip: int) -> int:
+    code = _fetch(vcpu, rip)
+    plen, _, op = _decode(code)
+    if op[:1] in (b"\xfa", b"\xfb") and iopl_ok(vcpu):
+        return plen + 1
+    return 0
+
+
+IN_OUT_LENGTHS = {0xE4: 2, 0xE5: 2, 0xE6: 2, 0xE7: 2, 0xEC: 1, 0xED: 1, 0xEE: 1, 0xEF: 1}
+
+
 def io_instruction(vcpu: "Vcpu", rip: int) -> None:
-    """An unprivileged domain has no I/O ports: #GP(0) at the instruction."""
+    """An I/O instruction about to run: without the IOPL for it, #GP(0) at the instruction as Xen gives an
+    unprivileged domain; with it, the access completes against no device."""
+    code = _fetch(vcpu, rip)
+    plen, _, op = _decode(code)
+    if op and op[0] in IN_OUT_LENGTHS and iopl_ok(vcpu):
+        if op[0] in (0xE4, 0xE5, 0xEC, 0xED):                   # in: all ones, of the operand size
+            rax = vcpu.uc.reg_read(X.UC_X86_REG_RAX)
+            if op[0] in (0xE4, 0xEC):
+                rax |= 0xFF
+            elif 0x66 in code[:plen]:
+                rax |= 0xFFFF
+            else:
+                rax = 0xFFFFFFFF                                # a 32-bit write clears bits 32-63
+            vcpu.uc.reg_write(X.UC_X86_REG_RAX, rax)
+        length = plen + IN_OUT_LENGTHS[op[0]]
+        vcpu.domain.trace_privop(vcpu, rip, code[:length])
+        vcpu.set_rip(rip + length)
+        return
     vcpu.inject_exception(TRAP_gp_fault, 0, rip)
     vcpu.after_exception()
 

@@ -15,7 +15,8 @@ from miniguest.abi.callback import (CALLBACKF_mask_events, CALLBACKOP_register, 
                                     CALLBACKTYPE_syscall, CALLBACKTYPE_syscall32, CALLBACKTYPE_sysenter)
 from miniguest.abi.xen import (HYPERVISOR_callback_op, HYPERVISOR_fpu_taskswitch, HYPERVISOR_iret,
                                HYPERVISOR_set_callbacks, HYPERVISOR_set_gdt, HYPERVISOR_set_segment_base,
-                               HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_update_descriptor)
+                               HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_update_descriptor,
+                               VMASST_TYPE_architectural_iopl)
 from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
 from miniguest.hypervisor.memory import GuestFault, canonical
 from miniguest.hypervisor.pagetable import PGT_seg_desc, PGT_writable, PageTypeError
@@ -107,6 +108,8 @@ def iret(vcpu: "Vcpu") -> Optional[int]:
             raise GuestCrash("HYPERVISOR_iret to user mode with no user page tables")
         vcpu.toggle_guest_mode()
     uc = vcpu.uc
+    if vcpu.domain.vm_assist & (1 << VMASST_TYPE_architectural_iopl):
+        vcpu.iopl = (rflags & EFLAGS_IOPL) >> 12    # the virtual IOPL follows the frame (Xen's do_iret)
     vcpu.set_rip(rip)
     uc.reg_write(X.UC_X86_REG_EFLAGS, (rflags & ~(EFLAGS_IOPL | EFLAGS_VM)) | EFLAGS_IF | 2)
     uc.reg_write(X.UC_X86_REG_RSP, new_rsp)

@@ -22,6 +22,7 @@ from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KER
                                     MSR_EFER, PFEC_user_mode, TI_MASK_EVENTS, TRAP_gp_fault,
                                     TRAP_no_device, TRAP_page_fault)
 from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
+from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.memory import AddressSpace, GuestFault
 from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, hook_syscall_raw, read_exception_state
 from miniguest.hypervisor.xen_area import ENTRY_STUB_VA, GDT_VIRT_START, HV_STACK_VA, NEVER_EXECUTED_VA
@@ -104,6 +105,7 @@ class Vcpu:
         self.gs_base_user = 0
         self.fs_base = 0
         self.cr0_ts = False
+        self.iopl = 0                 # Xen's virtual IOPL (0-3): PHYSDEVOP_set_iopl / architectural_iopl
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.vcpu_info_view: Optional[memoryview] = None   # None: the slot in shared_info
@@ -255,6 +257,8 @@ class Vcpu:
             self.toggle_guest_mode()
         new_sp &= ~0xF
         frame_rflags = (rflags & ~EFLAGS_IF & ~EFLAGS_IOPL) | (0 if saved_mask else EFLAGS_IF)
+        if self.domain.vm_assist & (1 << VMASST_TYPE_architectural_iopl):
+            frame_rflags |= self.iopl << 12          # Xen folds the virtual IOPL into the frame
         words = [rcx, r11]
         if error_code is not None:
             words.append(error_code)

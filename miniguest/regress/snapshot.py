@@ -51,7 +51,7 @@ SNAPSHOT_STATES = ("created", "paused", "shutdown", "crashed", "budget", "hung",
 # piece of state this module does not know yet: tests/regress/test_snapshot.py fails until it is added.
 VCPU_INTS = ("event_callback", "failsafe_callback", "syscall_callback", "nmi_callback", "kernel_ss", "kernel_sp",
              "guest_table", "guest_table_user", "gs_base_kernel", "gs_base_user", "fs_base", "gdt_ents",
-             "vcpu_info_offset", "gs_sel_user", "runstate_area")
+             "vcpu_info_offset", "gs_sel_user", "runstate_area", "iopl")
 VCPU_BOOLS = ("kernel_mode", "syscall_mask_events", "failsafe_mask_events", "cr0_ts", "started", "blocked",
               "hold_events")
 VCPU_SPECIAL = ("trap_table", "gdt_frames", "vcpu_info_view", "vcpu_info_mfn", "poll_ports", "poll_deadline",

@@ -1,0 +1,182 @@
+/* Scenario `xtfgaps2`: more of the PV ABI the Xen Test Framework's pv64 tests rely on (round 2), checked in
+ * our own words. A small harness runs probe instructions in guest kernel or guest user mode and records
+ * the exception Xen bounces back (vector, error code, rip and the rflags of the frame).
+ *  - The virtual IOPL: PHYSDEVOP_set_iopl makes `cli`/`sti`/`in`/`out` complete instead of #GP(0) once the
+ *    IOPL covers the mode (guest kernel = CPL 1, user = CPL 3); `in` reads all ones (no device), `cli` is a
+ *    no-op. With VMASST_TYPE_architectural_iopl the kernel counts as CPL 0, the IOPL follows each
+ *    HYPERVISOR_iret frame and shows in bounce frames. */
+#include "selftest.h"
+
+#define EINVAL 22
+#define PHYSDEVOP_set_iopl 6
+#define VMASST_TYPE_architectural_iopl 4
+#define NO_FAULT (-1L)
+#define EXC(vec, ec) (((long)(vec) << 16) | (long)(ec))
+
+/* -- the harness --------------------------------------------------------------------------------------- */
+volatile unsigned long fx_vec, fx_ec, fx_rip, fx_rflags, fx_fixup;
+volatile long fx_seen;
+unsigned long fx_kernel_rsp;              /* run_user(): the kernel context to come back to */
+static unsigned long user_stack[512] __attribute__((aligned(16), used));
+static unsigned long kernel_stack[1024] __attribute__((aligned(16)));
+
+/* Called by the exception stubs with Xen's frame {rcx, r11, [ec], rip, cs, rflags, rsp, ss}: note what
+ * happened and resume at the probe's fixup address. */
+void fx_record(unsigned long *frame, unsigned long vec, unsigned long has_ec)
+{
+    unsigned long *f = frame + 2;
+    fx_ec = has_ec ? *f++ : 0;
+    fx_vec = vec;
+    fx_rip = f[0];
+    fx_rflags = f[2];
+    fx_seen++;
+    if (!fx_fixup) {
+        printk("xtfgaps2: unexpected exception %lu[%lx] at %lx\n", vec, fx_ec, f[0]);
+        HYPERVISOR_shutdown(SHUTDOWN_crash);
+    }
+    f[0] = fx_fixup;
+}
+
+/* Exception stubs: save the registers the C code may clobber, record, return with HYPERVISOR_iret. */
+#define FX_STUB(name, vec, ec, skip_ec)                                                     \
+    __asm__(".pushsection .text\n\t.globl " #name "\n" #name ":\n\t"                        \
+            "push %rax\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n\tpush %r8\n\tpush %r9\n\t"   \
+            "push %r10\n\tpush %rbp\n\t"                                                    \
+            "lea 64(%rsp), %rdi\n\tmov $" #vec ", %esi\n\tmov $" #ec ", %edx\n\t"          \
+            "mov %rsp, %rbp\n\tand $-16, %rsp\n\tcall fx_record\n\tmov %rbp, %rsp\n\t"      \
+            "pop %rbp\n\tpop %r10\n\tpop %r9\n\tpop %r8\n\tpop %rdi\n\tpop %rsi\n\t"        \
+            "pop %rdx\n\tpop %rax\n\tpop %rcx\n\tpop %r11\n\t"                              \
+            skip_ec                                                                         \
+            "pushq $0\n\tjmp hypercall_page + 23 * 32\n.popsection")
+FX_STUB(fx_de, 0, 0, "");
+FX_STUB(fx_ud, 6, 0, "");
+FX_STUB(fx_ss, 12, 1, "add $8, %rsp\n\t");
+FX_STUB(fx_gp, 13, 1, "add $8, %rsp\n\t");
+extern char fx_de[], fx_ud[], fx_ss[], fx_gp[];
+
+/* run_user(fn, rflags): call fn() in guest user mode (HYPERVISOR_iret with `rflags`, which may carry an
+ * IOPL); fn's result comes back through a `syscall` whose callback restores the kernel context. */
+long run_user(void (*fn)(void), unsigned long rflags);
+__asm__(".pushsection .text\n"
+        "run_user:\n\t"
+        "push %rbx\n\tpush %rbp\n\tpush %r12\n\tpush %r13\n\tpush %r14\n\tpush %r15\n\t"
+        "mov %rsp, fx_kernel_rsp(%rip)\n\t"
+        "pushq $0xe02b\n\t"                                  /* ss */
+        "lea user_stack+4096(%rip), %rax\n\tpush %rax\n\t"    /* rsp */
+        "push %rsi\n\t"                                      /* rflags */
+        "pushq $0xe033\n\t"                                  /* cs: RPL 3, user mode */
+        "lea user_trampoline(%rip), %rax\n\tpush %rax\n\t"   /* rip */
+        "pushq $0\n\t"                                       /* flags */
+        "jmp hypercall_page + 23 * 32\n"
+        "user_trampoline:\n\t"
+        "call *%rdi\n\t"
+        "syscall\n"                                          /* rax: fn's result */
+        "user_syscall_entry:\n\t"
+        "mov fx_kernel_rsp(%rip), %rsp\n\t"
+        "pop %r15\n\tpop %r14\n\tpop %r13\n\tpop %r12\n\tpop %rbp\n\tpop %rbx\n\t"
+        "ret\n.popsection");
+extern char user_syscall_entry[];
+
+/* A probe is one instruction followed by `ret`; a fault in it resumes at the `ret`. */
+#define PROBE(name, insn)                                                                   \
+    __asm__(".pushsection .text\n\t.globl " #name "\n" #name ":\n\t" insn "\n"              \
+            ".globl " #name "_end\n" #name "_end:\n\tret\n.popsection");                    \
+    extern char name[], name##_end[]
+PROBE(probe_cli, "cli");
+PROBE(probe_sti, "sti");
+PROBE(probe_outb, "outb %al, $0x80");
+PROBE(probe_inb, "mov $0x1234, %eax\n\tinb $0x80, %al");
+PROBE(probe_ud2, "ud2");
+PROBE(probe_nop, "nop");
+
+/* Run a probe in kernel (user = 0) or user mode; NO_FAULT or EXC(vector, error code). */
+static long probe(char *fn, char *end, int user, unsigned long rflags)
+{
+    fx_seen = 0;
+    fx_fixup = (unsigned long)end;
+    if (user)
+        run_user((void (*)(void))fn, rflags);
+    else
+        ((void (*)(void))fn)();
+    fx_fixup = 0;
+    return fx_seen ? EXC(fx_vec, fx_ec) : NO_FAULT;
+}
+
+static void harness_init(void)
+{
+    struct trap_info traps[] = {
+        { 0, 0, FLAT_KERNEL_CS, (unsigned long)fx_de },
+        { 6, 0, FLAT_KERNEL_CS, (unsigned long)fx_ud },
+        { 12, 0, FLAT_KERNEL_CS, (unsigned long)fx_ss },
+        { 13, 0, FLAT_KERNEL_CS, (unsigned long)fx_gp },
+        { 0, 0, 0, 0 } };
+    struct callback_register cb = { .type = CALLBACKTYPE_syscall, .flags = CALLBACKF_mask_events,
+                                    .address = (unsigned long)user_syscall_entry };
+    struct mmuext_op op = { .cmd = MMUEXT_NEW_USER_BASEPTR, .arg1.mfn = virt_to_mfn((void *)si->pt_base) };
+    expect("harness_trap_table", HYPERVISOR_set_trap_table(traps), 0);
+    expect("harness_syscall_callback", HYPERVISOR_callback_op(CALLBACKOP_register, &cb), 0);
+    expect("harness_stack_switch",
+           HYPERVISOR_stack_switch(FLAT_KERNEL_SS, (unsigned long)(kernel_stack + 1024)), 0);
+    expect("harness_user_baseptr", HYPERVISOR_mmuext_op(&op, 1, 0, DOMID_SELF), 0);
+}
+
+/* -- the virtual IOPL ---------------------------------------------------------------------------------- */
+static long set_iopl(unsigned int iopl)
+{
+    return _hypercall(33, PHYSDEVOP_set_iopl, (unsigned long)&iopl, 0, 0, 0);   /* physdev_op */
+}
+
+static unsigned long inb_result(int user, unsigned long rflags)
+{
+    unsigned long rax;
+    if (user)
+        return run_user((void (*)(void))probe_inb, rflags) & 0xffff;
+    __asm__ volatile("call probe_inb" : "=a"(rax) : : "memory");
+    return rax & 0xffff;
+}
+
+static void check_iopl(void)
+{
+    unsigned long u = 0x002;                            /* user rflags: IF clear (events stay masked) */
+    long gp0 = EXC(13, 0);
+
+    expect("set_iopl_4", set_iopl(4), -EINVAL);
+    expect("set_iopl_0", set_iopl(0), 0);
+    expect("iopl0_kernel_cli", probe(probe_cli, probe_cli_end, 0, 0), gp0);
+    expect("iopl0_kernel_outb", probe(probe_outb, probe_outb_end, 0, 0), gp0);
+    expect("iopl0_user_sti", probe(probe_sti, probe_sti_end, 1, u), gp0);
+
+    expect("set_iopl_1", set_iopl(1), 0);
+    expect("iopl1_kernel_cli", probe(probe_cli, probe_cli_end, 0, 0), NO_FAULT);
+    expect("iopl1_kernel_sti", probe(probe_sti, probe_sti_end, 0, 0), NO_FAULT);
+    expect("iopl1_kernel_outb", probe(probe_outb, probe_outb_end, 0, 0), NO_FAULT);
+    expect("iopl1_kernel_inb", inb_result(0, 0), 0x12ff);
+    expect("iopl1_user_cli", probe(probe_cli, probe_cli_end, 1, u), gp0);
+    expect("iopl1_user_outb", probe(probe_outb, probe_outb_end, 1, u), gp0);
+
+    expect("set_iopl_3", set_iopl(3), 0);
+    expect("iopl3_user_cli", probe(probe_cli, probe_cli_end, 1, u), NO_FAULT);
+    expect("iopl3_user_inb", inb_result(1, u), 0x12ff);
+    /* Without the vm_assist the iret frame's IOPL is ignored and bounce frames show IOPL 0. */
+    expect("iopl3_user_with_frame_iopl0", probe(probe_outb, probe_outb_end, 1, u), NO_FAULT);
+    expect("frame_iopl_hidden", (probe(probe_ud2, probe_ud2_end, 0, 0), (fx_rflags >> 12) & 3), 0);
+
+    expect("set_iopl_0_again", set_iopl(0), 0);
+    expect("vm_assist_architectural_iopl", HYPERVISOR_vm_assist(VMASST_CMD_enable,
+                                                               VMASST_TYPE_architectural_iopl), 0);
+    expect("arch_iopl0_kernel_cli", probe(probe_cli, probe_cli_end, 0, 0), NO_FAULT);
+    expect("arch_iopl0_user_cli", probe(probe_cli, probe_cli_end, 1, u), gp0);
+    /* The IOPL of an iret frame becomes the virtual IOPL... */
+    expect("arch_iopl3_user_cli", probe(probe_cli, probe_cli_end, 1, u | (3 << 12)), NO_FAULT);
+    /* ... stays after the return to the kernel, and bounce frames carry it. */
+    expect("arch_frame_iopl", (probe(probe_ud2, probe_ud2_end, 0, 0), (fx_rflags >> 12) & 3), 3);
+    expect("arch_iopl_back_to_0", probe(probe_nop, probe_nop_end, 1, u), NO_FAULT);
+    expect("arch_frame_iopl_0", (probe(probe_ud2, probe_ud2_end, 0, 0), (fx_rflags >> 12) & 3), 0);
+    expect("vm_assist_off", HYPERVISOR_vm_assist(VMASST_CMD_disable, VMASST_TYPE_architectural_iopl), 0);
+}
+
+void run_xtfgaps2(void)
+{
+    harness_init();
+    check_iopl();
+}
