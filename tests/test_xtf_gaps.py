@@ -95,3 +95,42 @@ def test_architectural_iopl(xtfgaps2):
     assert f["arch_iopl0_kernel_cli"] == NO_FAULT and f["arch_iopl0_user_cli"] == GP0
     assert f["arch_iopl3_user_cli"] == NO_FAULT and f["arch_frame_iopl"] == "3"
     assert f["arch_iopl_back_to_0"] == NO_FAULT and f["arch_frame_iopl_0"] == "0"
+
+
+def test_linear_pagetable_self_map(xtfgaps2):
+    # XTF xsa-182: Xen lets an L4 entry map its own L4 read-only (get_l4_linear_pagetable); the guest reads
+    # its tables through it. Write permission on such an entry is refused, fast path or not (XSA-182).
+    _, _, f = xtfgaps2
+    assert f["linear_l4_self_map"] == "0" and f["linear_reads_own_l4"] == "1"
+    assert f["linear_l4_self_map_rw"] == "-22" and f["linear_still_read_only"] == "0"
+    assert f["linear_l4_unmap"] == "0"
+
+
+def test_linear_pagetable_references():
+    # A read-only Ln entry naming another validated Ln table holds a type reference on it; a self map holds
+    # none; XSA-240: a table holding linear entries cannot itself become a linear target (no cycles).
+    from miniguest.hypervisor.memory import MachineMemory
+    from miniguest.hypervisor.pagetable import PGT_l4, FrameTable, PageTypeError, audit
+    frames = FrameTable(MachineMemory(8))
+    frames.owner[:] = [1] * 8
+    a, b, c = 2, 3, 4
+    frames.pin(b, PGT_l4, 1)                                  # an empty L4 validates
+    frames.mem.write_u64(a << 12, (b << 12) | 0x23)          # A[0] -> B writable: refused
+    with pytest.raises(PageTypeError):
+        frames.pin(a, PGT_l4, 1)
+    assert frames.count[b] == 1 and not frames.linear
+    frames.mem.write_u64(a << 12, (b << 12) | 0x21)          # A[0] -> B read-only, A[1] -> A
+    frames.mem.write_u64((a << 12) + 8, (a << 12) | 0x21)
+    frames.pin(a, PGT_l4, 1)
+    assert frames.count[b] == 2 and frames.count[a] == 1
+    assert frames.linear == {a: 1, b: -1}
+    assert not audit(frames, 1, [(a, PGT_l4), (b, PGT_l4)])
+    frames.mem.write_u64(c << 12, (a << 12) | 0x21)          # C[0] -> A, which holds linear entries
+    with pytest.raises(PageTypeError):
+        frames.pin(c, PGT_l4, 1)
+    frames.unpin(a, 1)
+    assert frames.count[b] == 1 and not frames.linear
+    frames.mem.write_u64(a << 12, 0)
+    frames.pin(a, PGT_l4, 1)
+    frames.recount_linear()
+    assert not frames.linear

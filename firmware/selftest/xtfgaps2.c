@@ -4,7 +4,9 @@
  *  - The virtual IOPL: PHYSDEVOP_set_iopl makes `cli`/`sti`/`in`/`out` complete instead of #GP(0) once the
  *    IOPL covers the mode (guest kernel = CPL 1, user = CPL 3); `in` reads all ones (no device), `cli` is a
  *    no-op. With VMASST_TYPE_architectural_iopl the kernel counts as CPL 0, the IOPL follows each
- *    HYPERVISOR_iret frame and shows in bounce frames. */
+ *    HYPERVISOR_iret frame and shows in bounce frames.
+ *  - Linear page tables: an L4 entry may map its own L4 read-only (a recursive mapping through which the
+ *    guest reads its page tables); the same entry writable is refused (XSA-182). */
 #include "selftest.h"
 
 #define EINVAL 22
@@ -175,8 +177,33 @@ static void check_iopl(void)
     expect("vm_assist_off", HYPERVISOR_vm_assist(VMASST_CMD_disable, VMASST_TYPE_architectural_iopl), 0);
 }
 
+/* -- linear page tables ------------------------------------------------------------------------------- */
+#define LINEAR_SLOT 100UL
+
+static long set_l4_entry(unsigned long slot, unsigned long val)
+{
+    unsigned long l4_ma = virt_to_mfn((void *)si->pt_base) << PAGE_SHIFT;
+    struct mmu_update u = { .ptr = (l4_ma + slot * 8) | MMU_NORMAL_PT_UPDATE, .val = val };
+    return HYPERVISOR_mmu_update(&u, 1, 0, DOMID_SELF);
+}
+
+static void check_linear_pagetables(void)
+{
+    unsigned long *l4 = (unsigned long *)si->pt_base;
+    unsigned long l4_ma = virt_to_mfn(l4) << PAGE_SHIFT;
+    unsigned long *self = (unsigned long *)((LINEAR_SLOT << 39) | (LINEAR_SLOT << 30) |
+                                            (LINEAR_SLOT << 21) | (LINEAR_SLOT << 12));
+    expect("linear_slot_free", l4[LINEAR_SLOT] & 1, 0);
+    expect("linear_l4_self_map", set_l4_entry(LINEAR_SLOT, l4_ma | 0x21), 0);      /* P|A, read-only */
+    expect("linear_reads_own_l4", self[256] == l4[256] && (self[LINEAR_SLOT] & ~0xfffUL) == l4_ma, 1);
+    expect("linear_l4_self_map_rw", set_l4_entry(LINEAR_SLOT, l4_ma | 0x23), -EINVAL);
+    expect("linear_still_read_only", l4[LINEAR_SLOT] & 2, 0);
+    expect("linear_l4_unmap", set_l4_entry(LINEAR_SLOT, 0), 0);
+}
+
 void run_xtfgaps2(void)
 {
     harness_init();
     check_iopl();
+    check_linear_pagetables();
 }

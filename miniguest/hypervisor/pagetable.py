@@ -64,6 +64,11 @@ class FrameTable:
         self.type = [PGT_none] * n
         self.count = [0] * n
         self.pinned = [False] * n
+        # Linear ("recursive") page tables, as Xen allows them for PV (get_lN_linear_pagetable): a read-only
+        # Ln entry may point at its own table (no reference held) or at another validated Ln table (a type
+        # reference of type Ln). XSA-240's rule keeps them acyclic: a table either holds such entries
+        # (count > 0) or is the target of them (count < 0), never both. Sparse: mfn -> count.
+        self.linear: dict[int, int] = {}
         # Filled by the hypervisor: writes Xen's own slots into a freshly validated L4.
         self.install_xen_l4_slots: Optional[Callable[[int], None]] = None
 
@@ -109,14 +114,14 @@ class FrameTable:
                     continue
                 if t == PGT_l4 and not self.guest_l4_slot(i):
                     continue          # Xen's slots: overwritten below, never counted
-                self.get_entry_ref(e, t, domid)
+                self.get_entry_ref(e, t, domid, mfn)
                 taken.append(e)
                 if not e & _PAGE_USER:
                     # 64-bit PV kernels run in ring 3: Xen forces USER on (adjust_guest_lNe).
                     _ENTRY.pack_into(mv, base + i * 8, e | _PAGE_USER)
         except PageTypeError:
             for e in taken:
-                self.put_entry_ref(e, t)
+                self.put_entry_ref(e, t, mfn)
             raise
         if t == PGT_l4 and self.install_xen_l4_slots is not None:
             self.install_xen_l4_slots(mfn)
@@ -127,10 +132,10 @@ class FrameTable:
         for i in range(512):
             e = _ENTRY.unpack_from(mv, base + i * 8)[0]
             if e & _PAGE_PRESENT and (t != PGT_l4 or self.guest_l4_slot(i)):
-                self.put_entry_ref(e, t)
+                self.put_entry_ref(e, t, mfn)
 
-    def get_entry_ref(self, e: int, level: int, domid: int) -> None:
-        """The references a present entry of a level-`level` table holds (Xen's get_page_from_lNe)."""
+    def get_entry_ref(self, e: int, level: int, domid: int, table: int = -1) -> None:
+        """The references a present entry of level-`level` table `table` holds (Xen's get_page_from_lNe)."""
         target = entry_mfn(e)
         if level == PGT_l1:
             if e & L1_DISALLOW:
@@ -147,15 +152,62 @@ class FrameTable:
             return
         if e & UPPER_DISALLOW:
             raise PageTypeError(-errno.EINVAL, f"bad L{level} flags {e & UPPER_DISALLOW:#x}")
-        self.get_type(target, level - 1, domid)
+        if target == table:
+            if e & _PAGE_RW:
+                raise PageTypeError(-errno.EINVAL, f"linear L{level} entry with write permission")
+            return                      # the table maps itself: no reference
+        try:
+            self.get_type(target, level - 1, domid)
+        except PageTypeError as exc:
+            if exc.err != -errno.EINVAL or not self._get_linear(target, level, domid, table, e):
+                raise
+            return
 
-    def put_entry_ref(self, e: int, level: int) -> None:
+    def _get_linear(self, target: int, level: int, domid: int, table: int, e: int) -> bool:
+        """Xen's get_lN_linear_pagetable for an entry naming another table: read-only, a validated Ln
+        table of the domain, and XSA-240's rule (see `linear`). Takes a type reference of type Ln."""
+        if e & _PAGE_RW or table < 0 or not 0 <= target < self.mem.nr_frames:
+            return False
+        if self.owner[target] != domid or self.type[target] != level or not self.count[target]:
+            return False
+        if self.linear.get(table, 0) < 0 or self.linear.get(target, 0) > 0:
+            return False
+        self.linear[table] = self.linear.get(table, 0) + 1
+        self.linear[target] = self.linear.get(target, 0) - 1
+        self.count[target] += 1
+        return True
+
+    def put_entry_ref(self, e: int, level: int, table: int = -1) -> None:
         target = entry_mfn(e)
         if level == PGT_l1:
             if e & _PAGE_RW:
                 self.put_type(target)
             return
+        if target == table:
+            return
+        if self.type[target] == level:  # a linear entry: a table is never both an Ln and an Ln-1
+            for mfn, delta in ((table, -1), (target, 1)):
+                left = self.linear.get(mfn, 0) + delta
+                if left:
+                    self.linear[mfn] = left
+                else:
+                    self.linear.pop(mfn, None)
         self.put_type(target)
+
+    def recount_linear(self) -> None:
+        """Rebuild `linear` from the validated tables (after a snapshot restore)."""
+        self.linear = {}
+        for mfn in range(self.mem.nr_frames):
+            level = self.type[mfn]
+            if not (PGT_l2 <= level <= PGT_l4 and self.count[mfn]):
+                continue
+            for i in range(512):
+                e = _ENTRY.unpack_from(self.mem.mv, (mfn << 12) + i * 8)[0]
+                target = entry_mfn(e)
+                if (e & _PAGE_PRESENT and (level != PGT_l4 or self.guest_l4_slot(i)) and target != mfn
+                        and self.type[target] == level):
+                    self.linear[mfn] = self.linear.get(mfn, 0) + 1
+                    self.linear[target] = self.linear.get(target, 0) - 1
 
     # -- entry updates (mmu_update, update_va_mapping) ------------------------------------------------------
     def update_entry(self, table_mfn: int, index: int, new: int, domid: int) -> None:
@@ -168,9 +220,9 @@ class FrameTable:
         if new & _PAGE_PRESENT:
             # A 64-bit PV kernel runs in ring 3, so Xen forces USER on at every level (adjust_guest_lNe).
             new |= _PAGE_USER
-            self.get_entry_ref(new, level, domid)
+            self.get_entry_ref(new, level, domid, table_mfn)
         if old & _PAGE_PRESENT:
-            self.put_entry_ref(old, level)
+            self.put_entry_ref(old, level, table_mfn)
         self.mem.write_u64(ma, new)
 
     # -- pinning ------------------------------------------------------------------------------------------
@@ -211,8 +263,9 @@ def audit(frames: FrameTable, domid: int, roots: list[tuple[int, int]]) -> list[
                 if level == PGT_l1:
                     if e & _PAGE_RW:
                         expected.setdefault(entry_mfn(e), []).append(PGT_writable)
-                else:
-                    expected.setdefault(entry_mfn(e), []).append(level - 1)
+                elif entry_mfn(e) != mfn:       # a self-mapping (linear) entry holds no reference
+                    target = entry_mfn(e)
+                    expected.setdefault(target, []).append(level if frames.type[target] == level else level - 1)
     problems = []
     for mfn in range(frames.mem.nr_frames):
         refs = expected.get(mfn, [])

@@ -266,6 +266,7 @@ def _restore_frames(domain: "Domain", secs: dict[str, bytes]) -> None:
     domain.frames.type[:] = types
     domain.frames.count[:] = count
     domain.frames.pinned[:] = [bool(p) for p in pinned]
+    domain.frames.recount_linear()
 
 
 def _frame(domain: "Domain", mfn: Any, where: str, owned: bool = True) -> int:
