@@ -134,3 +134,17 @@ def test_linear_pagetable_references():
     frames.pin(a, PGT_l4, 1)
     frames.recount_linear()
     assert not frames.linear
+
+
+def test_cpuid_faulting(xtfgaps2):
+    # XTF cpuid-faulting: Xen offers CPUID faulting to a PV guest when the CPU has it (MSR_PLATFORM_INFO
+    # bit 31); MSR_MISC_FEATURES_ENABLES bit 0 switches it (other bits reserved: #GP). While on, cpuid
+    # from guest user mode takes #GP(0), also behind the forced-emulation prefix (Xen's
+    # emulate_forced_invocation reports it at the cpuid); the guest kernel is never affected.
+    _, _, f = xtfgaps2
+    assert f["platform_info_cpuid_faulting"] == "1" and f["misc_features_default"] == "0"
+    assert f["user_cpuid_no_faulting"] == NO_FAULT and f["misc_features_cpuid_faulting"] == "1"
+    assert f["kernel_cpuid_faulting_on"] == f["kernel_fep_cpuid_faulting_on"] == NO_FAULT
+    assert f["user_cpuid_faults"] == f["user_fep_cpuid_faults"] == GP0
+    assert f["user_cpuid_fault_rip"] == f["user_fep_cpuid_fault_rip"] == "1"
+    assert f["misc_features_reserved_bit"] == GP0 and f["user_cpuid_faulting_off"] == NO_FAULT

@@ -6,7 +6,9 @@
  *    no-op. With VMASST_TYPE_architectural_iopl the kernel counts as CPL 0, the IOPL follows each
  *    HYPERVISOR_iret frame and shows in bounce frames.
  *  - Linear page tables: an L4 entry may map its own L4 read-only (a recursive mapping through which the
- *    guest reads its page tables); the same entry writable is refused (XSA-182). */
+ *    guest reads its page tables); the same entry writable is refused (XSA-182).
+ *  - CPUID faulting: enumerated in MSR_PLATFORM_INFO, switched in MSR_MISC_FEATURES_ENABLES; while on, a
+ *    cpuid from guest user mode (plain or behind the forced-emulation prefix) takes #GP(0) at the cpuid. */
 #include "selftest.h"
 
 #define EINVAL 22
@@ -177,6 +179,45 @@ static void check_iopl(void)
     expect("vm_assist_off", HYPERVISOR_vm_assist(VMASST_CMD_disable, VMASST_TYPE_architectural_iopl), 0);
 }
 
+/* -- CPUID faulting ----------------------------------------------------------------------------------- */
+PROBE(probe_cpuid, "xor %eax, %eax\n\tcpuid_insn: cpuid");
+PROBE(probe_fep_cpuid, "xor %eax, %eax\n\tud2; .ascii \"xen\"\n\tfep_cpuid_insn: cpuid");
+PROBE(probe_wrmsr_misc2, "mov $0x140, %ecx\n\tmov $2, %eax\n\txor %edx, %edx\n\twrmsr");
+extern char cpuid_insn[], fep_cpuid_insn[];
+
+static unsigned long rdmsr(unsigned int msr)
+{
+    unsigned int lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+    return ((unsigned long)hi << 32) | lo;
+}
+
+static void wrmsr(unsigned int msr, unsigned long v)
+{
+    __asm__ volatile("wrmsr" :: "c"(msr), "a"((unsigned int)v), "d"((unsigned int)(v >> 32)));
+}
+
+static void check_cpuid_faulting(void)
+{
+    unsigned long u = 0x002;
+    long gp0 = EXC(13, 0);
+
+    expect("platform_info_cpuid_faulting", (rdmsr(0xce) >> 31) & 1, 1);
+    expect("misc_features_default", rdmsr(0x140), 0);
+    expect("user_cpuid_no_faulting", probe(probe_cpuid, probe_cpuid_end, 1, u), NO_FAULT);
+    wrmsr(0x140, 1);
+    expect("misc_features_cpuid_faulting", rdmsr(0x140), 1);
+    expect("kernel_cpuid_faulting_on", probe(probe_cpuid, probe_cpuid_end, 0, 0), NO_FAULT);
+    expect("kernel_fep_cpuid_faulting_on", probe(probe_fep_cpuid, probe_fep_cpuid_end, 0, 0), NO_FAULT);
+    expect("user_cpuid_faults", probe(probe_cpuid, probe_cpuid_end, 1, u), gp0);
+    expect("user_cpuid_fault_rip", fx_rip == (unsigned long)cpuid_insn, 1);
+    expect("user_fep_cpuid_faults", probe(probe_fep_cpuid, probe_fep_cpuid_end, 1, u), gp0);
+    expect("user_fep_cpuid_fault_rip", fx_rip == (unsigned long)fep_cpuid_insn, 1);
+    expect("misc_features_reserved_bit", probe(probe_wrmsr_misc2, probe_wrmsr_misc2_end, 0, 0), gp0);
+    wrmsr(0x140, 0);
+    expect("user_cpuid_faulting_off", probe(probe_cpuid, probe_cpuid_end, 1, u), NO_FAULT);
+}
+
 /* -- linear page tables ------------------------------------------------------------------------------- */
 #define LINEAR_SLOT 100UL
 
@@ -206,4 +247,5 @@ void run_xtfgaps2(void)
     harness_init();
     check_iopl();
     check_linear_pagetables();
+    check_cpuid_faulting();
 }

@@ -34,6 +34,12 @@ MSR_MISC_ENABLE = 0x1A0
 MSR_PAT = 0x277
 XEN_MSR_PAT = 0x050100070406        # Xen's PAT (WB, WT, UC-, UC, WC, WP, ...)
 MISC_ENABLE_VALUE = (1 << 0) | (1 << 11) | (1 << 12)   # fast strings, BTS/PEBS unavailable
+# CPUID faulting, which Xen offers a PV guest when the CPU has it (our Intel model does): enumerated in
+# PLATFORM_INFO, switched in MISC_FEATURES_ENABLES; while on, cpuid from guest user mode takes #GP(0).
+MSR_INTEL_PLATFORM_INFO = 0xCE
+PLATFORM_INFO_CPUID_FAULTING = 1 << 31
+MSR_INTEL_MISC_FEATURES_ENABLES = 0x140
+MISC_FEATURES_CPUID_FAULTING = 1 << 0
 FORCED_EMULATION = b"\x0f\x0bxen"
 CPUID = b"\x0f\xa2"
 XEN_CPUID_BASE = 0x40000000
@@ -157,6 +163,10 @@ def read_msr(vcpu: "Vcpu", msr: int) -> Optional[int]:
         return 0xFEE00000 | (1 << 8)      # BSP, xAPIC disabled for PV
     if msr == MSR_TSC_AUX:
         return vcpu.id
+    if msr == MSR_INTEL_PLATFORM_INFO:
+        return PLATFORM_INFO_CPUID_FAULTING
+    if msr == MSR_INTEL_MISC_FEATURES_ENABLES:
+        return MISC_FEATURES_CPUID_FAULTING if vcpu.cpuid_faulting else 0
     return None
 
 
@@ -177,6 +187,11 @@ def write_msr(vcpu: "Vcpu", msr: int, value: int) -> bool:
         return value == EFER_GUEST         # Xen lets a PV guest "write" only the value it sees
     if msr in (MSR_PAT, MSR_MISC_ENABLE):
         return value == read_msr(vcpu, msr)
+    if msr == MSR_INTEL_MISC_FEATURES_ENABLES:
+        if value & ~MISC_FEATURES_CPUID_FAULTING:
+            return False                   # reserved bits: #GP
+        vcpu.cpuid_faulting = bool(value)
+        return True
     return False
 
 
@@ -289,6 +304,11 @@ def invalid_opcode(vcpu: "Vcpu") -> None:
     rip = vcpu.rip
     code = _fetch(vcpu, rip, 7)
     if code[:5] == FORCED_EMULATION:
+        if code[5:7] == CPUID and vcpu.cpuid_faulting and not vcpu.kernel_mode:
+            # Xen's emulate_forced_invocation: #GP(0) in place of the #UD, at the cpuid itself.
+            vcpu.inject_exception(TRAP_gp_fault, 0, rip + 5)
+            vcpu.after_exception()
+            return
         if code[5:7] == CPUID:
             emulate_cpuid(vcpu)
             vcpu.set_rip(rip + 7)
@@ -406,6 +426,15 @@ def xen_leaf(vcpu: "Vcpu", leaf: int, sub: int) -> tuple[int, int, int, int]:
             return (1_000_000, 0, 0, 0)
         return (0, 0, 0, 0)
     return (0, 0, 0, 0)
+
+
+def cpuid_instruction(vcpu: "Vcpu") -> None:
+    """A native cpuid (hooked at the instruction): from guest user mode with CPUID faulting on, #GP(0)."""
+    if vcpu.cpuid_faulting and not vcpu.kernel_mode:
+        vcpu.inject_exception(TRAP_gp_fault, 0, vcpu.rip)
+        vcpu.after_exception()
+        return
+    emulate_cpuid(vcpu)
 
 
 def emulate_cpuid(vcpu: "Vcpu") -> None:

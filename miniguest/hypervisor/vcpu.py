@@ -106,6 +106,7 @@ class Vcpu:
         self.fs_base = 0
         self.cr0_ts = False
         self.iopl = 0                 # Xen's virtual IOPL (0-3): PHYSDEVOP_set_iopl / architectural_iopl
+        self.cpuid_faulting = False   # MSR_INTEL_MISC_FEATURES_ENABLES.CPUID_FAULTING
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.vcpu_info_view: Optional[memoryview] = None   # None: the slot in shared_info
@@ -390,7 +391,7 @@ class Vcpu:
 
     def _on_cpuid(self, uc: Uc, _: object) -> int:
         from miniguest.hypervisor import privop
-        self._guard(privop.emulate_cpuid, self)
+        self._guard(privop.cpuid_instruction, self)
         return 1
 
     def _on_rdtsc(self, uc: Uc) -> int:

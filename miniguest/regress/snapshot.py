@@ -53,7 +53,7 @@ VCPU_INTS = ("event_callback", "failsafe_callback", "syscall_callback", "nmi_cal
              "guest_table", "guest_table_user", "gs_base_kernel", "gs_base_user", "fs_base", "gdt_ents",
              "vcpu_info_offset", "gs_sel_user", "runstate_area", "iopl")
 VCPU_BOOLS = ("kernel_mode", "syscall_mask_events", "failsafe_mask_events", "cr0_ts", "started", "blocked",
-              "hold_events")
+              "hold_events", "cpuid_faulting")
 VCPU_SPECIAL = ("trap_table", "gdt_frames", "vcpu_info_view", "vcpu_info_mfn", "poll_ports", "poll_deadline",
                 "compat_callbacks", "ldt", "intercepted", "timer")
 # Live objects and state that only exists inside a run slice or a hypercall (empty between slices).
