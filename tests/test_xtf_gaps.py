@@ -148,3 +148,15 @@ def test_cpuid_faulting(xtfgaps2):
     assert f["user_cpuid_faults"] == f["user_fep_cpuid_faults"] == GP0
     assert f["user_cpuid_fault_rip"] == f["user_fep_cpuid_fault_rip"] == "1"
     assert f["misc_features_reserved_bit"] == GP0 and f["user_cpuid_faulting_off"] == NO_FAULT
+
+
+def test_sysenter(xtfgaps2):
+    # XTF xsa-339: SYSENTER from a 64-bit PV guest on an Intel CPU enters Xen's sysenter_entry, which
+    # records rip 0, a null cs with RPL 3, rsp 0 and FLAT_USER_SS and bounces to the sysenter callback
+    # (registers as SYSEXIT leaves them), or as #GP(0) to the #GP handler when none is registered. Unicorn
+    # alone executes it as a no-op.
+    _, _, f = xtfgaps2
+    assert f["sysenter_no_callback_gp"] == GP0 and f["sysenter_gp_frame"] == "1"
+    assert f["sysenter_to_callback"] == NO_FAULT and f["sysenter_callback_entered"] == "1"
+    assert (f["sysenter_frame_rip"], f["sysenter_frame_cs"], f["sysenter_frame_rsp"]) == ("0", "3", "0")
+    assert f["sysenter_frame_ss"] == str(0xE02B) and f["sysenter_rcx_kept"] == "1"

@@ -8,7 +8,9 @@
  *  - Linear page tables: an L4 entry may map its own L4 read-only (a recursive mapping through which the
  *    guest reads its page tables); the same entry writable is refused (XSA-182).
  *  - CPUID faulting: enumerated in MSR_PLATFORM_INFO, switched in MSR_MISC_FEATURES_ENABLES; while on, a
- *    cpuid from guest user mode (plain or behind the forced-emulation prefix) takes #GP(0) at the cpuid. */
+ *    cpuid from guest user mode (plain or behind the forced-emulation prefix) takes #GP(0) at the cpuid.
+ *  - SYSENTER from guest user mode (our CPU is an Intel): Xen's frame has rip 0, cs 3, rsp 0 and
+ *    FLAT_USER_SS; it goes to the sysenter callback, or as #GP(0) to the #GP handler when there is none. */
 #include "selftest.h"
 
 #define EINVAL 22
@@ -34,6 +36,11 @@ void fx_record(unsigned long *frame, unsigned long vec, unsigned long has_ec)
     fx_rip = f[0];
     fx_rflags = f[2];
     fx_seen++;
+    if (f[0] == 0 && (f[1] & 0xffff) == 3) {   /* sysenter frame: back on the SYSEXIT registers */
+        f[1] = FLAT_USER_CS;
+        f[3] = frame[0];                    /* rsp from rcx */
+        f[4] = FLAT_USER_SS;
+    }
     if (!fx_fixup) {
         printk("xtfgaps2: unexpected exception %lu[%lx] at %lx\n", vec, fx_ec, f[0]);
         HYPERVISOR_shutdown(SHUTDOWN_crash);
@@ -218,6 +225,52 @@ static void check_cpuid_faulting(void)
     expect("user_cpuid_faulting_off", probe(probe_cpuid, probe_cpuid_end, 1, u), NO_FAULT);
 }
 
+/* -- SYSENTER ------------------------------------------------------------------------------------------ */
+volatile unsigned long sys_seen, sys_rip, sys_cs, sys_rsp, sys_ss, sys_rcx;
+
+/* The sysenter callback: note Xen's frame {rcx, r11, rip, cs, rflags, rsp, ss}, then return to the user
+ * code as SYSEXIT would (rip from rdx, rsp from rcx). */
+void fx_sysenter_cb(unsigned long *frame, unsigned long rdx)
+{
+    sys_seen++;
+    sys_rip = frame[2];
+    sys_cs = frame[3] & 0xffff;
+    sys_rsp = frame[5];
+    sys_ss = frame[6];
+    sys_rcx = frame[0];
+    frame[2] = rdx;
+    frame[3] = FLAT_USER_CS;
+    frame[5] = frame[0];
+    frame[6] = FLAT_USER_SS;
+}
+__asm__(".pushsection .text\n\t.globl fx_sysenter\nfx_sysenter:\n\t"
+        "push %rax\n\tpush %rdx\n\tpush %rsi\n\tpush %rdi\n\tpush %r8\n\tpush %r9\n\tpush %r10\n\t"
+        "push %rbp\n\tlea 64(%rsp), %rdi\n\tmov 48(%rsp), %rsi\n\t"
+        "mov %rsp, %rbp\n\tand $-16, %rsp\n\tcall fx_sysenter_cb\n\tmov %rbp, %rsp\n\t"
+        "pop %rbp\n\tpop %r10\n\tpop %r9\n\tpop %r8\n\tpop %rdi\n\tpop %rsi\n\tpop %rdx\n\tpop %rax\n\t"
+        "pop %rcx\n\tpop %r11\n\tpushq $0\n\tjmp hypercall_page + 23 * 32\n.popsection");
+extern char fx_sysenter[];
+PROBE(probe_sysenter, "mov %rsp, %rcx\n\tlea 1f(%rip), %rdx\n\tsysenter\n1:");
+
+static void check_sysenter(void)
+{
+    unsigned long u = 0x002;
+    struct callback_register cb = { .type = 5 /* CALLBACKTYPE_sysenter */, .flags = CALLBACKF_mask_events,
+                                    .address = (unsigned long)fx_sysenter };
+
+    expect("sysenter_no_callback_gp", probe(probe_sysenter, probe_sysenter_end, 1, u), EXC(13, 0));
+    expect("sysenter_gp_frame", fx_rip == 0, 1);
+    expect("sysenter_register_callback", HYPERVISOR_callback_op(CALLBACKOP_register, &cb), 0);
+    expect("sysenter_to_callback", probe(probe_sysenter, probe_sysenter_end, 1, u), NO_FAULT);
+    expect("sysenter_callback_entered", sys_seen, 1);
+    expect("sysenter_frame_rip", sys_rip, 0);
+    expect("sysenter_frame_cs", sys_cs, 3);
+    expect("sysenter_frame_rsp", sys_rsp, 0);
+    expect("sysenter_frame_ss", sys_ss, FLAT_USER_SS);
+    expect("sysenter_rcx_kept", sys_rcx >= (unsigned long)user_stack &&
+           sys_rcx <= (unsigned long)(user_stack + 512), 1);
+}
+
 /* -- linear page tables ------------------------------------------------------------------------------- */
 #define LINEAR_SLOT 100UL
 
@@ -248,4 +301,5 @@ void run_xtfgaps2(void)
     check_iopl();
     check_linear_pagetables();
     check_cpuid_faulting();
+    check_sysenter();
 }

@@ -17,8 +17,9 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
-from miniguest.abi.arch_x86 import (MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, MSR_TSC_AUX,
-                                    TRAP_gp_fault, TRAP_invalid_op)
+from miniguest.abi.arch_x86 import (FLAT_USER_SS64, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE,
+                                    MSR_TSC_AUX, TI_MASK_EVENTS, TRAP_gp_fault, TRAP_invalid_op)
+from miniguest.abi.callback import CALLBACKTYPE_sysenter
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.memory import GuestFault, canonical
 from miniguest.hypervisor.vcpu import CR0_GUEST, CR4_GUEST, EFER_GUEST, GuestCrash
@@ -316,6 +317,27 @@ def invalid_opcode(vcpu: "Vcpu") -> None:
             return
     vcpu.inject_exception(TRAP_invalid_op, None, rip)
     vcpu.after_exception()
+
+
+def sysenter_instruction(vcpu: "Vcpu") -> None:
+    """SYSENTER from a 64-bit PV guest (an Intel CPU: AMD has none in long mode). Xen's sysenter_entry
+    records a frame with rip 0, a null cs with RPL 3, rsp 0 and FLAT_USER_SS (the guest's registers stay
+    as the SYSEXIT convention leaves them), then bounces to the sysenter callback, or to the #GP handler
+    with error code 0 when none is registered. From guest kernel mode the frame would be built at that
+    %rsp 0: Xen crashes the domain."""
+    if vcpu.kernel_mode:
+        raise GuestCrash("sysenter in guest kernel mode (Xen would build the bounce frame at %rsp 0)")
+    frame = (0, 3, 0, FLAT_USER_SS64)
+    address, mask = vcpu.compat_callbacks.get(CALLBACKTYPE_sysenter, (0, False))
+    if address:
+        vcpu.bounce(address, None, mask, frame=frame)
+    else:
+        ti = vcpu.trap_table[TRAP_gp_fault]
+        vcpu.domain.trace_exception(vcpu, TRAP_gp_fault, 0, 0, None)
+        if not ti.address:
+            raise GuestCrash("sysenter with no sysenter callback and no #GP handler")
+        vcpu.bounce(ti.address, 0, bool(ti.flags & TI_MASK_EVENTS), frame=frame)
+    vcpu.deliver_events()
 
 
 # -- the virtual IOPL ---------------------------------------------------------------------------------------

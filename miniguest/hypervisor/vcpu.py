@@ -151,6 +151,7 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid_insn)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         hook_rdtsc(uc, self._on_rdtsc, X.UC_X86_INS_RDTSC)
@@ -239,9 +240,10 @@ class Vcpu:
 
     # -- bounce frames ------------------------------------------------------------------------------------
     def bounce(self, handler: int, error_code: Optional[int], mask_events: bool,
-               rip: Optional[int] = None) -> None:
+               rip: Optional[int] = None, frame: Optional[tuple[int, int, int, int]] = None) -> None:
         """Xen's create_bounce_frame: push {rcx, r11, [error code], rip, cs, rflags, rsp, ss} on the guest
-        kernel stack (switching to the stack_switch stack from guest user mode) and enter `handler`."""
+        kernel stack (switching to the stack_switch stack from guest user mode) and enter `handler`.
+        `frame` gives (rip, cs, rsp, ss) for the frame when Xen's entry path recorded its own (sysenter)."""
         cur_rip, rsp, rflags, rcx, r11 = self.frame_regs.read()
         if rip is None:
             rip = cur_rip
@@ -263,6 +265,8 @@ class Vcpu:
         words = [rcx, r11]
         if error_code is not None:
             words.append(error_code)
+        if frame is not None:
+            rip, cs, rsp, ss = frame
         words += [rip, cs | (saved_mask << 32), frame_rflags, rsp, ss]
         new_sp -= 8 * len(words)
         try:
@@ -388,6 +392,15 @@ class Vcpu:
         from miniguest.hypervisor import privop
         self._guard(privop.invalid_opcode, self)
         return True
+
+    def _on_sysenter(self, uc: Uc, _: object) -> None:
+        # Unicorn runs this hook in place of the instruction, then adds its length (2) to RIP, as for syscall.
+        from miniguest.hypervisor import privop
+        self.in_syscall_hook = True
+        try:
+            self._guard(privop.sysenter_instruction, self)
+        finally:
+            self.in_syscall_hook = False
 
     def _on_cpuid(self, uc: Uc, _: object) -> int:
         from miniguest.hypervisor import privop
