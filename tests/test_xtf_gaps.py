@@ -160,3 +160,14 @@ def test_sysenter(xtfgaps2):
     assert f["sysenter_to_callback"] == NO_FAULT and f["sysenter_callback_entered"] == "1"
     assert (f["sysenter_frame_rip"], f["sysenter_frame_cs"], f["sysenter_frame_rsp"]) == ("0", "3", "0")
     assert f["sysenter_frame_ss"] == str(0xE02B) and f["sysenter_rcx_kept"] == "1"
+
+
+def test_noncanonical_stack_access_is_ss(xtfgaps2):
+    # XTF memop-seg: a non-canonical address through SS (rsp/rbp-based operand without an fs/gs override, or
+    # push/pop on a non-canonical rsp) is #SS(0) on the CPU; other segments give #GP(0). Unicorn reports
+    # #GP(0) for all of them, miniguest tells them apart before bouncing the fault.
+    _, _, f = xtfgaps2
+    ss0 = str(12 << 16)
+    assert f["noncanon_rbp_kernel"] == f["noncanon_rbp_user"] == f["noncanon_rbp_index_user"] == ss0
+    assert f["noncanon_push_user"] == ss0
+    assert f["noncanon_fs_rbp_user"] == f["noncanon_rax_user"] == GP0

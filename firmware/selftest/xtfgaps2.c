@@ -10,7 +10,9 @@
  *  - CPUID faulting: enumerated in MSR_PLATFORM_INFO, switched in MSR_MISC_FEATURES_ENABLES; while on, a
  *    cpuid from guest user mode (plain or behind the forced-emulation prefix) takes #GP(0) at the cpuid.
  *  - SYSENTER from guest user mode (our CPU is an Intel): Xen's frame has rip 0, cs 3, rsp 0 and
- *    FLAT_USER_SS; it goes to the sysenter callback, or as #GP(0) to the #GP handler when there is none. */
+ *    FLAT_USER_SS; it goes to the sysenter callback, or as #GP(0) to the #GP handler when there is none.
+ *  - A non-canonical access through the stack segment (rsp/rbp-based operand without fs/gs, or the stack
+ *    itself) is #SS(0), not #GP(0). */
 #include "selftest.h"
 
 #define EINVAL 22
@@ -271,6 +273,32 @@ static void check_sysenter(void)
            sys_rcx <= (unsigned long)(user_stack + 512), 1);
 }
 
+/* -- #SS for non-canonical stack accesses ------------------------------------------------------------- */
+/* Probes with a tail that runs after the fixup point (to restore the register they spoil). */
+#define PROBE2(name, insn, tail)                                                            \
+    __asm__(".pushsection .text\n\t.globl " #name "\n" #name ":\n\t" insn "\n"              \
+            ".globl " #name "_end\n" #name "_end:\n\t" tail "\n\tret\n.popsection");         \
+    extern char name[], name##_end[]
+#define NONCANON "movabs $0x8000000040000000, "
+PROBE2(probe_ss_rbp, "mov %rbp, %rdx\n\t" NONCANON "%rbp\n\tmovb $0, (%rbp)", "mov %rdx, %rbp");
+PROBE2(probe_ss_rbp_disp, "mov %rbp, %rdx\n\t" NONCANON "%rbp\n\tmovb $0, 8(%rbp,%rdx,1)", "mov %rdx, %rbp");
+PROBE2(probe_fs_rbp, "mov %rbp, %rdx\n\t" NONCANON "%rbp\n\tmovb $0, %fs:(%rbp)", "mov %rdx, %rbp");
+PROBE2(probe_ds_rax, NONCANON "%rax\n\tmovb $0, (%rax)", "");
+PROBE2(probe_push, "mov %rsp, %rdx\n\t" NONCANON "%rsp\n\tpush %rax", "mov %rdx, %rsp");
+
+static void check_stack_segment(void)
+{
+    unsigned long u = 0x002;
+    long ss0 = EXC(12, 0), gp0 = EXC(13, 0);
+
+    expect("noncanon_rbp_kernel", probe(probe_ss_rbp, probe_ss_rbp_end, 0, 0), ss0);
+    expect("noncanon_rbp_user", probe(probe_ss_rbp, probe_ss_rbp_end, 1, u), ss0);
+    expect("noncanon_rbp_index_user", probe(probe_ss_rbp_disp, probe_ss_rbp_disp_end, 1, u), ss0);
+    expect("noncanon_fs_rbp_user", probe(probe_fs_rbp, probe_fs_rbp_end, 1, u), gp0);
+    expect("noncanon_rax_user", probe(probe_ds_rax, probe_ds_rax_end, 1, u), gp0);
+    expect("noncanon_push_user", probe(probe_push, probe_push_end, 1, u), ss0);
+}
+
 /* -- linear page tables ------------------------------------------------------------------------------- */
 #define LINEAR_SLOT 100UL
 
@@ -302,4 +330,5 @@ void run_xtfgaps2(void)
     check_linear_pagetables();
     check_cpuid_faulting();
     check_sysenter();
+    check_stack_segment();
 }

@@ -14,11 +14,13 @@ import struct
 from typing import TYPE_CHECKING, Optional
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone.x86 import X86_OP_MEM, X86_REG_FS, X86_REG_GS, X86_REG_RBP, X86_REG_RSP
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
 from miniguest.abi.arch_x86 import (FLAT_USER_SS64, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE,
-                                    MSR_TSC_AUX, TI_MASK_EVENTS, TRAP_gp_fault, TRAP_invalid_op)
+                                    MSR_TSC_AUX, TI_MASK_EVENTS, TRAP_gp_fault, TRAP_invalid_op,
+                                    TRAP_stack_error)
 from miniguest.abi.callback import CALLBACKTYPE_sysenter
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.memory import GuestFault, canonical
@@ -99,8 +101,40 @@ def emulate_gp(vcpu: "Vcpu", rip: int, error_code: int) -> bool:
             vcpu.domain.trace_privop(vcpu, rip, _fetch(vcpu, rip, length))
             vcpu.set_rip(rip + length)
             return True
+        if _stack_segment_fault(vcpu, rip):
+            vcpu.inject_exception(TRAP_stack_error, 0, rip)
+            return True
     vcpu.inject_exception(TRAP_gp_fault, error_code, rip)
     return True
+
+
+# A non-canonical address is a segment-limit violation: #SS(0) when the access goes through SS (a memory
+# operand based on rsp/rbp without an fs/gs override, or the stack itself), #GP(0) otherwise. Unicorn
+# raises #GP(0) for all of them; the CPU Xen runs on would deliver #SS, which Xen passes on unchanged.
+_md_detail = Cs(CS_ARCH_X86, CS_MODE_64)
+_md_detail.detail = True
+_SS_BASES = (X86_REG_RSP, X86_REG_RBP)
+STACK_MNEMONICS = frozenset(("push", "pop", "call", "ret", "enter", "leave", "pushfq", "popfq", "iretq"))
+
+
+def _stack_segment_fault(vcpu: "Vcpu", rip: int) -> bool:
+    insn = next(_md_detail.disasm(_fetch(vcpu, rip), rip), None)
+    if insn is None:
+        return False
+    uc = vcpu.uc
+
+    def reg(r: int) -> int:
+        return uc.reg_read(getattr(X, "UC_X86_REG_" + insn.reg_name(r).upper())) if r else 0
+
+    for op in insn.operands:
+        if op.type == X86_OP_MEM and op.mem.base in _SS_BASES and op.mem.segment not in (X86_REG_FS, X86_REG_GS):
+            address = (reg(op.mem.base) + reg(op.mem.index) * op.mem.scale + op.mem.disp) & (2**64 - 1)
+            if not canonical(address):
+                return True
+    if insn.mnemonic in STACK_MNEMONICS:
+        rsp = uc.reg_read(X.UC_X86_REG_RSP)
+        return not (canonical(rsp) and canonical((rsp - 8) & (2**64 - 1)))
+    return False
 
 
 def _emulate_privileged(vcpu: "Vcpu", rip: int) -> int:
