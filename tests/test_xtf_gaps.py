@@ -171,3 +171,13 @@ def test_noncanonical_stack_access_is_ss(xtfgaps2):
     assert f["noncanon_rbp_kernel"] == f["noncanon_rbp_user"] == f["noncanon_rbp_index_user"] == ss0
     assert f["noncanon_push_user"] == ss0
     assert f["noncanon_fs_rbp_user"] == f["noncanon_rax_user"] == GP0
+
+
+def test_sysctl_domctl_refused(xtfgaps2):
+    # XTF livepatch-priv-check (and xtf_probe_*_interface_version): Xen's do_sysctl/do_domctl answer a domU
+    # -EACCES for an interface version other than theirs (4.19: sysctl 0x15, domctl 0x17), then XSM's
+    # -EPERM; a domctl naming a domain that does not exist is -ESRCH first. Not -ENOSYS.
+    _, _, f = xtfgaps2
+    assert f["sysctl_wrong_version"] == f["domctl_wrong_version"] == "-13"
+    assert f["sysctl_denied"] == f["domctl_createdomain_denied"] == f["domctl_dom0_denied"] == "-1"
+    assert f["domctl_no_such_domain"] == "-3"

@@ -12,7 +12,9 @@
  *  - SYSENTER from guest user mode (our CPU is an Intel): Xen's frame has rip 0, cs 3, rsp 0 and
  *    FLAT_USER_SS; it goes to the sysenter callback, or as #GP(0) to the #GP handler when there is none.
  *  - A non-canonical access through the stack segment (rsp/rbp-based operand without fs/gs, or the stack
- *    itself) is #SS(0), not #GP(0). */
+ *    itself) is #SS(0), not #GP(0).
+ *  - sysctl/domctl exist for a domU too: -EACCES for another interface version, then -EPERM (XSM), or
+ *    -ESRCH for a domctl on a domain that does not exist. */
 #include "selftest.h"
 
 #define EINVAL 22
@@ -299,6 +301,28 @@ static void check_stack_segment(void)
     expect("noncanon_push_user", probe(probe_push, probe_push_end, 1, u), ss0);
 }
 
+/* -- sysctl / domctl ---------------------------------------------------------------------------------- */
+struct ctl_op { uint32_t cmd, interface_version; uint16_t domain, pad[3]; uint8_t u[128]; };
+
+static long ctl(unsigned int nr, unsigned int cmd, unsigned int version, unsigned int domain)
+{
+    static struct ctl_op op;
+    op.cmd = cmd;
+    op.interface_version = version;
+    op.domain = domain;          /* (a sysctl has its union here: the field is ignored) */
+    return _hypercall(nr, (unsigned long)&op, 0, 0, 0, 0);
+}
+
+static void check_ctl_ops(void)
+{
+    expect("sysctl_wrong_version", ctl(35, 27, 0x14, 0), -13);
+    expect("sysctl_denied", ctl(35, 27, 0x15, 0), -1);
+    expect("domctl_wrong_version", ctl(36, 1, 0x16, 0), -13);
+    expect("domctl_createdomain_denied", ctl(36, 1, 0x17, 0), -1);
+    expect("domctl_no_such_domain", ctl(36, 5, 0x17, 1234), -3);
+    expect("domctl_dom0_denied", ctl(36, 5, 0x17, 0), -1);
+}
+
 /* -- linear page tables ------------------------------------------------------------------------------- */
 #define LINEAR_SLOT 100UL
 
@@ -331,4 +355,5 @@ void run_xtfgaps2(void)
     check_cpuid_faulting();
     check_sysenter();
     check_stack_segment();
+    check_ctl_ops();
 }

@@ -115,6 +115,6 @@ def load_families() -> None:
     global _loaded
     if _loaded:
         return
-    from miniguest.hypervisor import (console_io, events_op, gnttab, memory_op, mm, multicall,  # noqa: F401
-                                      physdev, sched, time, traps, vcpu_op, version)
+    from miniguest.hypervisor import (console_io, ctlops, events_op, gnttab, memory_op, mm,  # noqa: F401
+                                      multicall, physdev, sched, time, traps, vcpu_op, version)
     _loaded = True
