@@ -181,3 +181,48 @@ def test_sysctl_domctl_refused(xtfgaps2):
     assert f["sysctl_wrong_version"] == f["domctl_wrong_version"] == "-13"
     assert f["sysctl_denied"] == f["domctl_createdomain_denied"] == f["domctl_dom0_denied"] == "-1"
     assert f["domctl_no_such_domain"] == "-3"
+
+
+def test_grant_mapping(xtfgaps2):
+    # XTF xsa-224/227/234/316: GNTTABOP_map_grant_ref / unmap_grant_ref / unmap_and_replace on the grants a
+    # domain gives itself, with Xen's statuses: DOMID_SELF is no domain to map from (bad_domain), dom0
+    # grants us nothing (general_error), no map kind or a ref out of range is bad_gntref, a stale handle
+    # bad_handle, a wrong bus address bad_dev_addr, a PTE address that is misaligned or not in an L1
+    # general_error (XSA-227). GTF_reading/GTF_writing follow the live mappings.
+    _, _, f = xtfgaps2
+    assert f["gnt_map_domid_self"] == "-2" and f["gnt_map_dom0"] == "-1"
+    assert f["gnt_map_no_kind"] == f["gnt_map_bad_ref"] == "-3"
+    assert f["gnt_map_rw"] == "0" and f["gnt_map_reads_frame"] == str(0x5A)
+    assert (f["gnt_entry_flags_rw"], f["gnt_entry_flags_ro"], f["gnt_entry_flags_idle"]) == ("25", "9", "1")
+    assert f["gnt_map_ro_dev"] == "0" and f["gnt_unmap_wrong_addr"] == "-1"
+    assert f["gnt_unmap_bad_bus"] == "-6" and f["gnt_unmap_stale_handle"] == "-4"
+    assert f["gnt_map_pte_misaligned"] == f["gnt_map_pte_not_l1"] == "-1"
+
+
+def test_grant_mapping_references(xtfgaps2):
+    # A writable grant mapping holds a writable type reference (the frame cannot be pinned as a page
+    # table, XSA-224); the reference belongs to the PTE, so when unmap_and_replace moves the PTE (XSA-234)
+    # the mapping is unmapped where it now is, not where it was. Afterwards the books balance.
+    from miniguest.hypervisor.pagetable import audit
+    from test_fuzz_hypercalls import type_roots
+    dom, _, f = xtfgaps2
+    assert f["gnt_rw_blocks_pin_l1"] == "-22"
+    assert f["gnt_unmap_and_replace"] == "0" and f["gnt_moved_mapping_reads"] == str(0x5A)
+    assert f["gnt_unmap_where_it_was"] == "-1" and f["gnt_unmap_where_it_is"] == "0"
+    assert f["gnt_unmapped_pin_l1"] == f["gnt_unpin"] == "0"
+    assert not any(dom.grant_maptrack)
+    assert not audit(dom.frames, dom.domid, type_roots(dom))
+
+
+def test_no_snapshot_with_grants_mapped():
+    # The maptrack is not carried by snapshots: a domain with a grant mapped refuses to be captured.
+    from miniguest import Domain
+    from miniguest.hypervisor.gnttab import GNTMAP_host_map, GrantMap
+    from miniguest.regress.snapshot import Snapshot, SnapshotError
+    from guestlib import SELFTEST
+    dom = Domain.from_elf(SELFTEST, cmdline="layout")
+    dom.run()
+    dom.grant_maptrack.append(GrantMap(8, GNTMAP_host_map, dom.p2m[0]))
+    with pytest.raises(SnapshotError, match="grants mapped"):
+        Snapshot.capture(dom)
+    dom.close()

@@ -14,7 +14,11 @@
  *  - A non-canonical access through the stack segment (rsp/rbp-based operand without fs/gs, or the stack
  *    itself) is #SS(0), not #GP(0).
  *  - sysctl/domctl exist for a domU too: -EACCES for another interface version, then -EPERM (XSM), or
- *    -ESRCH for a domctl on a domain that does not exist. */
+ *    -ESRCH for a domctl on a domain that does not exist.
+ *  - Mapping grants: a domain may map the grants it gives itself (host mapping by address or by PTE,
+ *    device mapping), the grant entry shows GTF_reading/GTF_writing while mapped, a writable mapping keeps
+ *    the frame from becoming a page table, and unmapping checks the PTE (also after unmap_and_replace
+ *    moved it: XSA-234). dom0 grants us nothing; DOMID_SELF is not a domain to map from. */
 #include "selftest.h"
 
 #define EINVAL 22
@@ -323,6 +327,102 @@ static void check_ctl_ops(void)
     expect("domctl_dom0_denied", ctl(36, 5, 0x17, 0), -1);
 }
 
+/* -- mapping grants ----------------------------------------------------------------------------------- */
+struct grant_entry_v1 { uint16_t flags; domid_t domid; uint32_t frame; };
+struct gmap { uint64_t host_addr; uint32_t flags, ref; domid_t dom; int16_t status; uint32_t handle;
+              uint64_t dev_bus_addr; };
+struct gunmap { uint64_t host_addr, dev_bus_addr; uint32_t handle; int16_t status; };
+#define GNTMAP_device_map 1
+#define GNTMAP_host_map 2
+#define GNTMAP_readonly 4
+#define GNTMAP_contains_pte 16
+static uint8_t gframe[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
+
+static struct gmap gmap(unsigned long addr, unsigned int flags, unsigned int ref, unsigned int dom)
+{
+    struct gmap m = { .host_addr = addr, .flags = flags, .ref = ref, .dom = dom, .status = 99 };
+    expect("gnttab_map_rc", HYPERVISOR_grant_table_op(0, &m, 1), 0);
+    return m;
+}
+
+static long gunmap(unsigned long addr, unsigned long bus, unsigned int handle, unsigned int op)
+{
+    struct gunmap u = { .host_addr = addr, .dev_bus_addr = bus, .handle = handle, .status = 99 };
+    expect("gnttab_unmap_rc", HYPERVISOR_grant_table_op(op, &u, 1), 0);
+    return u.status;
+}
+
+static long own_domid(void)
+{
+    struct evtchn_alloc_unbound au = { .dom = DOMID_SELF, .remote_dom = DOMID_SELF };
+    HYPERVISOR_event_channel_op(EVTCHNOP_alloc_unbound, &au);
+    struct evtchn_status st = { .dom = DOMID_SELF, .port = au.port };
+    HYPERVISOR_event_channel_op(EVTCHNOP_status, &st);
+    return st.u.unbound.dom;                    /* DOMID_SELF, resolved by the hypervisor */
+}
+
+static void check_grant_mapping(void)
+{
+    unsigned long base = si->pt_base + (si->nr_pt_frames + 20) * PAGE_SIZE;
+    unsigned long va_a = base + PAGE_SIZE, va_b = base + 2 * PAGE_SIZE;
+    unsigned long frame_list[1];
+    struct gnttab_setup_table setup = { .dom = DOMID_SELF, .nr_frames = 1, .frame_list = frame_list };
+    long domid = own_domid();
+    struct pin { uint32_t cmd, pad; unsigned long mfn, arg2; } pin = { 1 /* PIN_L1 */, 0, virt_to_mfn(gframe), 0 };
+
+    expect("gnttab_setup_table", HYPERVISOR_grant_table_op(GNTTABOP_setup_table, &setup, 1), 0);
+    expect("gnttab_map_table", HYPERVISOR_update_va_mapping(base, (frame_list[0] << PAGE_SHIFT) | 7, UVMF_INVLPG), 0);
+    volatile struct grant_entry_v1 *gt = (struct grant_entry_v1 *)base;
+    gt[8].domid = domid;
+    gt[8].frame = virt_to_mfn(gframe);
+    gt[8].flags = 1;                                             /* GTF_permit_access */
+    gframe[0] = 0x5a;
+    /* Our own mapping of gframe read-only: the grants hold the only writable references from now on. */
+    expect("gnt_frame_ro", HYPERVISOR_update_va_mapping((unsigned long)gframe,
+                                                        (virt_to_mfn(gframe) << PAGE_SHIFT) | 5, UVMF_INVLPG), 0);
+
+    expect("gnt_map_domid_self", gmap(va_a, GNTMAP_host_map, 8, DOMID_SELF).status, -2);
+    expect("gnt_map_dom0", gmap(va_a, GNTMAP_host_map, 8, 0).status, -1);
+    expect("gnt_map_no_kind", gmap(va_a, 0, 8, domid).status, -3);
+    expect("gnt_map_bad_ref", gmap(va_a, GNTMAP_host_map, 100000, domid).status, -3);
+
+    struct gmap h1 = gmap(va_a, GNTMAP_host_map, 8, domid);
+    expect("gnt_map_rw", h1.status, 0);
+    expect("gnt_map_reads_frame", *(volatile uint8_t *)va_a, 0x5a);
+    expect("gnt_entry_flags_rw", gt[8].flags, 0x19);             /* permit | reading | writing */
+    expect("gnt_rw_blocks_pin_l1", HYPERVISOR_mmuext_op((struct mmuext_op *)&pin, 1, 0, DOMID_SELF), -EINVAL);
+    struct gmap h2 = gmap(va_b, GNTMAP_host_map | GNTMAP_device_map | GNTMAP_readonly, 8, domid);
+    expect("gnt_map_ro_dev", h2.status, 0);
+    expect("gnt_map_bus_addr", h2.dev_bus_addr, virt_to_mfn(gframe) << PAGE_SHIFT);
+    expect("gnt_unmap_wrong_addr", gunmap(va_b, 0, h1.handle, 1), -1);
+    expect("gnt_unmap_rw", gunmap(va_a, 0, h1.handle, 1), 0);
+    expect("gnt_entry_flags_ro", gt[8].flags, 0x9);
+    expect("gnt_unmap_host_ro", gunmap(va_b, 0, h2.handle, 1), 0);
+    expect("gnt_unmap_bad_bus", gunmap(0, 0x1000, h2.handle, 1), -6);
+    expect("gnt_unmap_dev", gunmap(0, h2.dev_bus_addr, h2.handle, 1), 0);
+    expect("gnt_entry_flags_idle", gt[8].flags, 1);
+    expect("gnt_unmap_stale_handle", gunmap(va_b, 0, h2.handle, 1), -4);
+
+    /* By PTE machine address: an address that is not a PTE's (XSA-227) is refused. */
+    unsigned long pte_ma = (virt_to_mfn((void *)si->pt_base) << PAGE_SHIFT) + 8;   /* an L4 slot */
+    expect("gnt_map_pte_misaligned", gmap(pte_ma - 2, GNTMAP_host_map | GNTMAP_contains_pte, 8, domid).status, -1);
+    expect("gnt_map_pte_not_l1", gmap(pte_ma, GNTMAP_host_map | GNTMAP_contains_pte, 8, domid).status, -1);
+
+    /* unmap_and_replace moves the PTE that was at new_addr into host_addr's slot (XSA-234's shuffle): the
+     * writable mapping now lives at va_b, so unmapping it at va_a fails and at va_b works. */
+    struct gmap h3 = gmap(va_a, GNTMAP_host_map, 8, domid);
+    struct gmap h4 = gmap(va_b, GNTMAP_host_map | GNTMAP_readonly, 8, domid);
+    expect("gnt_unmap_and_replace", gunmap(va_b, va_a, h4.handle, 7), 0);
+    expect("gnt_moved_mapping_reads", *(volatile uint8_t *)va_b, 0x5a);
+    expect("gnt_unmap_where_it_was", gunmap(va_a, 0, h3.handle, 1), -1);
+    expect("gnt_unmap_where_it_is", gunmap(va_b, 0, h3.handle, 1), 0);
+    expect("gnt_entry_flags_end", gt[8].flags, 1);
+    /* No mapping left: no writable reference either, gframe may become a page table. */
+    expect("gnt_unmapped_pin_l1", HYPERVISOR_mmuext_op((struct mmuext_op *)&pin, 1, 0, DOMID_SELF), 0);
+    pin.cmd = 4;                                                  /* UNPIN_TABLE */
+    expect("gnt_unpin", HYPERVISOR_mmuext_op((struct mmuext_op *)&pin, 1, 0, DOMID_SELF), 0);
+}
+
 /* -- linear page tables ------------------------------------------------------------------------------- */
 #define LINEAR_SLOT 100UL
 
@@ -356,4 +456,5 @@ void run_xtfgaps2(void)
     check_sysenter();
     check_stack_segment();
     check_ctl_ops();
+    check_grant_mapping();
 }

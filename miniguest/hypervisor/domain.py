@@ -101,6 +101,7 @@ class Domain:
             self.frames.owner[mfn] = self.domid
         self.grant_frames = list(range(self.nr_pages, self.nr_pages + MAX_GRANT_FRAMES))
         self.grant_nr_frames = 0
+        self.grant_maptrack: list = []          # gnttab.GrantMap by handle (None: free)
         for mfn in self.grant_frames:
             self.frames.owner[mfn] = self.domid
         self.xen = XenArea(self.mem, self.frames, self.nr_pages + MAX_GRANT_FRAMES)

@@ -1,17 +1,24 @@
-"""grant_table_op, version 1: the grant table frames a guest maps and fills (Mini-OS's init_gnttab).
+"""grant_table_op, version 1: the grant table frames a guest maps and fills (Mini-OS's init_gnttab), and
+mapping grants.
 
 The frames are Xen's, shared with the domain (like shared_info): the domain may map them writable.
-Mapping foreign grants is a dom0 affair and arrives with the split-driver backends.
+A domain may map the grants it gives itself (the only other domain, dom0, grants it nothing), as Xen's
+map_grant_ref/unmap_common do for PV: host mappings by linear address or by PTE machine address
+(GNTMAP_contains_pte), device mappings (the frame's bus address), read-only or writable. The grant entry
+gets GTF_reading/GTF_writing while mapped. A writable host mapping's type reference is the one its PTE
+holds in the FrameTable (so it follows the PTE wherever unmap_and_replace moves it); a writable device
+mapping holds its own. Unmapping checks that the PTE still maps the frame with the grant's flags.
 """
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
 from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
-from miniguest.hypervisor.memory import GuestFault
+from miniguest.hypervisor.memory import GuestFault, guest_range_ok
+from miniguest.hypervisor.pagetable import PGT_l1, PGT_writable, PageTypeError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -28,14 +35,44 @@ GNTTABOP_get_version = 10
 NAMES = {0: "map_grant_ref", 1: "unmap_grant_ref", 2: "setup_table", 3: "dump_table", 4: "transfer",
          5: "copy", 6: "query_size", 7: "unmap_and_replace", 8: "set_version", 9: "get_status_frames",
          10: "get_version", 11: "swap_grant_ref", 12: "cache_flush"}
+GNTTABOP_unmap_and_replace = 7
 GNTST_okay = 0
 GNTST_general_error = -1
 GNTST_bad_domain = -2
+GNTST_bad_gntref = -3
+GNTST_bad_handle = -4
 GNTST_bad_virt_addr = -5
+GNTST_bad_dev_addr = -6
+GNTST_no_device_space = -7
 GNTST_permission_denied = -8
+GNTST_bad_page = -9
+GNTMAP_device_map = 1 << 0
+GNTMAP_host_map = 1 << 1
+GNTMAP_readonly = 1 << 2
+GNTMAP_contains_pte = 1 << 4
+GTF_permit_access = 1
+GTF_type_mask = 3
+GTF_readonly = 1 << 2
+GTF_reading = 1 << 3
+GTF_writing = 1 << 4
+ENTRIES_PER_FRAME = 512
+MAX_MAPTRACK = 1024
+_PTE_P, _PTE_RW, _PTE_A, _PTE_D, _PTE_NX = 1, 2, 0x20, 0x40, 1 << 63
+_PTE_IGNORED = _PTE_A | _PTE_D | 0xE00 | 4          # accessed/dirty/available (and the USER Xen adds)
 
 _SETUP = struct.Struct("<H2xIh6xQ")        # dom, nr_frames, status, frame_list
 _QUERY = struct.Struct("<H2xIIh2x")        # dom, nr_frames, max_nr_frames, status
+_MAP = struct.Struct("<QIIHhIQ")           # host_addr, flags, ref, dom, status, handle, dev_bus_addr
+_UNMAP = struct.Struct("<QQIh2x")          # host_addr, dev_bus_addr (unmap_and_replace: new_addr), handle, status
+_ENTRY = struct.Struct("<HHI")             # grant_entry_v1: flags, domid, frame
+
+
+class GrantMap:
+    """A maptrack entry: which grant a handle maps, how, and the frame the grant named when first mapped."""
+    __slots__ = ("ref", "flags", "mfn")
+
+    def __init__(self, ref: int, flags: int, mfn: int) -> None:
+        self.ref, self.flags, self.mfn = ref, flags, mfn
 
 
 def _self(vcpu: "Vcpu", dom: int) -> bool:
@@ -86,6 +123,153 @@ def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> int:
         rc = 0 if version == 1 else -errno.ENOSYS if version == 2 else -errno.EINVAL
         vcpu.mem.write(uop, struct.pack("<I", 1))
         return rc
+    if cmd == GNTTABOP_map_grant_ref:
+        for i in range(count):
+            arg = uop + i * _MAP.size
+            host_addr, flags, ref, d, _, _, _ = _MAP.unpack(vcpu.mem.read(arg, _MAP.size))
+            status, handle, bus = _map_one(vcpu, host_addr, flags, ref, d)
+            vcpu.mem.write(arg + 18, struct.pack("<hIQ", status, handle, bus))
+        return 0
+    if cmd in (GNTTABOP_unmap_grant_ref, GNTTABOP_unmap_and_replace):
+        for i in range(count):
+            arg = uop + i * _UNMAP.size
+            host_addr, second, handle, _ = _UNMAP.unpack(vcpu.mem.read(arg, _UNMAP.size))
+            if cmd == GNTTABOP_unmap_grant_ref:
+                status = _unmap_one(vcpu, handle, host_addr, second, None)
+            else:
+                status = _unmap_one(vcpu, handle, host_addr, 0, second)
+            vcpu.mem.write(arg + 20, struct.pack("<h", status))
+        return 0
     if cmd in NAMES:
         return -errno.ENOSYS
     raise UnknownSubop(cmd)
+
+
+# -- mapping grants ---------------------------------------------------------------------------------------
+def _entry_ma(dom, ref: int) -> int:
+    return (dom.grant_frames[ref // ENTRIES_PER_FRAME] << 12) + (ref % ENTRIES_PER_FRAME) * _ENTRY.size
+
+
+def _grant_pte(mfn: int, flags: int) -> int:
+    """Xen's grant_to_pte_flags: present, accessed, dirty, no-execute, writable unless read-only."""
+    pte = (mfn << 12) | _PTE_P | _PTE_A | _PTE_D | _PTE_NX
+    return pte if flags & GNTMAP_readonly else pte | _PTE_RW
+
+
+def _pte_slot(vcpu: "Vcpu", addr: int, by_pte: bool) -> tuple[int, int]:
+    """(L1 mfn, index) of the PTE a host mapping uses: by linear address, or by its machine address."""
+    from miniguest.hypervisor.mm import l1_entry_for
+    dom = vcpu.domain
+    if by_pte:
+        if addr & 7:
+            raise PageTypeError(GNTST_general_error, f"PTE address {addr:#x} is not aligned (XSA-227)")
+        l1, index = addr >> 12, (addr & 0xFFF) >> 3
+    else:
+        if not guest_range_ok(addr, 1):
+            raise PageTypeError(GNTST_general_error, f"{addr:#x} is not a guest address")
+        l1, index = l1_entry_for(vcpu, addr)
+    if l1 >= dom.mem.nr_frames or dom.frames.owner[l1] != dom.domid or dom.frames.type[l1] != PGT_l1 \
+            or not dom.frames.count[l1]:
+        raise PageTypeError(GNTST_general_error, f"the PTE for {addr:#x} is not in an L1 of the domain")
+    return l1, index
+
+
+def _set_entry_flags(dom, ref: int) -> None:
+    """GTF_reading while any mapping of the grant is live, GTF_writing while a writable one is."""
+    maps = [m for m in dom.grant_maptrack if m is not None and m.ref == ref]
+    ma = _entry_ma(dom, ref)
+    flags = struct.unpack("<H", dom.mem.mv[ma:ma + 2])[0] & ~(GTF_reading | GTF_writing)
+    if maps:
+        flags |= GTF_reading
+    if any(not m.flags & GNTMAP_readonly for m in maps):
+        flags |= GTF_writing
+    dom.mem.mv[ma:ma + 2] = struct.pack("<H", flags)
+
+
+def _map_one(vcpu: "Vcpu", host_addr: int, flags: int, ref: int, d: int) -> tuple[int, int, int]:
+    """One gnttab_map_grant_ref: (status, handle, dev_bus_addr)."""
+    dom = vcpu.domain
+    if not flags & (GNTMAP_device_map | GNTMAP_host_map):
+        return GNTST_bad_gntref, 0, 0
+    if d == 0:
+        return GNTST_general_error, 0, 0     # dom0 exists but grants this domain nothing
+    if d != dom.domid:
+        return GNTST_bad_domain, 0, 0        # (DOMID_SELF too: rcu_lock_domain_by_id does not know it)
+    if ref >= max(1, dom.grant_nr_frames) * ENTRIES_PER_FRAME:
+        return GNTST_bad_gntref, 0, 0
+    readonly = bool(flags & GNTMAP_readonly)
+    eflags, edomid, frame = _ENTRY.unpack_from(dom.mem.mv, _entry_ma(dom, ref))
+    pinned = [m for m in dom.grant_maptrack if m is not None and m.ref == ref]
+    if not pinned and ((eflags & GTF_type_mask) != GTF_permit_access or edomid != dom.domid):
+        return GNTST_general_error, 0, 0
+    if not readonly and eflags & GTF_readonly:
+        return GNTST_general_error, 0, 0     # write-pinning a read-only grant
+    mfn = pinned[0].mfn if pinned else frame
+    if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
+        return GNTST_bad_page, 0, 0
+    try:
+        handle = dom.grant_maptrack.index(None)
+    except ValueError:
+        if len(dom.grant_maptrack) >= MAX_MAPTRACK:
+            return GNTST_no_device_space, 0, 0
+        handle = len(dom.grant_maptrack)
+        dom.grant_maptrack.append(None)
+    device_ref = False
+    try:
+        if flags & GNTMAP_device_map and not readonly:
+            dom.frames.get_type(mfn, PGT_writable, dom.domid)
+            device_ref = True
+        if flags & GNTMAP_host_map:
+            l1, index = _pte_slot(vcpu, host_addr, bool(flags & GNTMAP_contains_pte))
+            dom.frames.update_entry(l1, index, _grant_pte(mfn, flags), dom.domid)
+    except PageTypeError as e:
+        if device_ref:
+            dom.frames.put_type(mfn)
+        dom.log_once(("gntmap", str(e)), f"map_grant_ref refused: {e}")
+        return GNTST_general_error, 0, 0
+    finally:
+        vcpu.flush_tlb()
+    dom.grant_maptrack[handle] = GrantMap(ref, flags & (GNTMAP_device_map | GNTMAP_host_map | GNTMAP_readonly |
+                                                        GNTMAP_contains_pte), mfn)
+    _set_entry_flags(dom, ref)
+    return GNTST_okay, handle, mfn << 12
+
+
+def _unmap_one(vcpu: "Vcpu", handle: int, host_addr: int, dev_bus_addr: int, new_addr: Optional[int]) -> int:
+    """One unmap_grant_ref (new_addr None) or unmap_and_replace: the status."""
+    dom = vcpu.domain
+    m = dom.grant_maptrack[handle] if handle < len(dom.grant_maptrack) else None
+    if m is None:
+        return GNTST_bad_handle
+    if dev_bus_addr and dev_bus_addr != m.mfn << 12:
+        return GNTST_bad_dev_addr
+    if host_addr and m.flags & GNTMAP_host_map:
+        try:
+            l1, index = _pte_slot(vcpu, host_addr, bool(m.flags & GNTMAP_contains_pte))
+            pte = dom.mem.read_u64((l1 << 12) + index * 8)
+            expected = _grant_pte(m.mfn, m.flags)
+            if (pte ^ expected) & ~_PTE_IGNORED:
+                raise PageTypeError(GNTST_general_error, f"the PTE {pte:#x} does not map the grant as it was "
+                                                         f"mapped ({expected:#x})")
+            replacement = 0
+            if new_addr:
+                nl1, nindex = _pte_slot(vcpu, new_addr, False)
+                replacement = dom.mem.read_u64((nl1 << 12) + nindex * 8)
+                dom.frames.update_entry(l1, index, replacement, dom.domid)
+                dom.frames.update_entry(nl1, nindex, 0, dom.domid)
+            else:
+                dom.frames.update_entry(l1, index, 0, dom.domid)
+        except PageTypeError as e:
+            dom.log_once(("gntunmap", str(e)), f"unmap_grant_ref refused: {e}")
+            return GNTST_general_error
+        finally:
+            vcpu.flush_tlb()
+        m.flags &= ~GNTMAP_host_map
+    if dev_bus_addr and m.flags & GNTMAP_device_map:
+        if not m.flags & GNTMAP_readonly:
+            dom.frames.put_type(m.mfn)
+        m.flags &= ~GNTMAP_device_map
+    if not m.flags & (GNTMAP_host_map | GNTMAP_device_map):
+        dom.grant_maptrack[handle] = None
+    _set_entry_flags(dom, m.ref)
+    return GNTST_okay

@@ -67,7 +67,7 @@ DOMAIN_CARRIED = DOMAIN_FIELDS + ("domid", "state", "shutdown_reason", "shutdown
                                   "xenstored")
 DOMAIN_REBUILT = ("config", "host", "name", "image", "symbols", "layout", "start_info_va", "store",
                   "hv_console_sink", "hypercall_observers", "trace_sinks", "fault_injector", "on_final", "on_idle",
-                  "_pause_requested", "_shared_info", "grant_frames", "internal_traceback")
+                  "_pause_requested", "_shared_info", "grant_frames", "internal_traceback", "grant_maptrack")
 
 
 def _u64s(values: list[int]) -> bytes:
@@ -201,6 +201,8 @@ def capture_header(domain: "Domain") -> tuple[dict[str, Any], dict[str, bytes]]:
         raise SnapshotError("cannot snapshot a domain not built by the toolstack (Domain.from_elf)")
     if any(v.pending_intercepts or v.in_multicall for v in domain.vcpus):
         raise SnapshotError("cannot snapshot a vCPU in the middle of a run slice")
+    if any(m is not None for m in getattr(domain, "grant_maptrack", ())):
+        raise SnapshotError("cannot snapshot a domain with grants mapped (the maptrack is not carried)")
     cfg = domain.config
     image = domain.image
     sections = {"memory": pack_memory(domain.mem), "image": bytes(image.raw),
