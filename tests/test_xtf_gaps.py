@@ -226,3 +226,13 @@ def test_no_snapshot_with_grants_mapped():
     with pytest.raises(SnapshotError, match="grants mapped"):
         Snapshot.capture(dom)
     dom.close()
+
+
+def test_user_syscall(xtfgaps2):
+    # Xen's switch_to_kernel: a `syscall` from guest user mode with no syscall callback registered is a #UD
+    # at the instruction (ca6fcf4321b3, "Inject #UD for missing SYSCALL callbacks"), not a domain crash;
+    # the callback is entered with DF clear (the PV ABI's SYSCALL_MASK), the user's rflags in r11.
+    _, _, f = xtfgaps2
+    assert f["syscall_no_callback_ud"] == str(6 << 16) and f["syscall_ud_rip"] == "1"
+    assert f["syscall_to_callback"] == NO_FAULT and f["syscall_callback_entered"] == "1"
+    assert f["syscall_callback_df_clear"] == "0" and f["syscall_user_df_in_r11"] == "1"

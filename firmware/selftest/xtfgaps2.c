@@ -18,7 +18,9 @@
  *  - Mapping grants: a domain may map the grants it gives itself (host mapping by address or by PTE,
  *    device mapping), the grant entry shows GTF_reading/GTF_writing while mapped, a writable mapping keeps
  *    the frame from becoming a page table, and unmapping checks the PTE (also after unmap_and_replace
- *    moved it: XSA-234). dom0 grants us nothing; DOMID_SELF is not a domain to map from. */
+ *    moved it: XSA-234). dom0 grants us nothing; DOMID_SELF is not a domain to map from.
+ *  - `syscall` from guest user mode: #UD at the instruction while no syscall callback is registered; the
+ *    callback runs with DF clear (the user's rflags, DF included, in r11 and the frame). */
 #include "selftest.h"
 
 #define EINVAL 22
@@ -74,7 +76,7 @@ FX_STUB(fx_gp, 13, 1, "add $8, %rsp\n\t");
 extern char fx_de[], fx_ud[], fx_ss[], fx_gp[];
 
 /* run_user(fn, rflags): call fn() in guest user mode (HYPERVISOR_iret with `rflags`, which may carry an
- * IOPL); fn's result comes back through a `syscall` whose callback restores the kernel context. */
+ * IOPL); fn's result comes back through `int $0x81` (a DPL 3 trap entry) that restores the kernel context. */
 long run_user(void (*fn)(void), unsigned long rflags);
 __asm__(".pushsection .text\n"
         "run_user:\n\t"
@@ -89,12 +91,12 @@ __asm__(".pushsection .text\n"
         "jmp hypercall_page + 23 * 32\n"
         "user_trampoline:\n\t"
         "call *%rdi\n\t"
-        "syscall\n"                                          /* rax: fn's result */
-        "user_syscall_entry:\n\t"
+        "int $0x81\n"                                        /* rax: fn's result */
+        "user_return:\n\t"
         "mov fx_kernel_rsp(%rip), %rsp\n\t"
         "pop %r15\n\tpop %r14\n\tpop %r13\n\tpop %r12\n\tpop %rbp\n\tpop %rbx\n\t"
         "ret\n.popsection");
-extern char user_syscall_entry[];
+extern char user_return[];
 
 /* A probe is one instruction followed by `ret`; a fault in it resumes at the `ret`. */
 #define PROBE(name, insn)                                                                   \
@@ -128,12 +130,10 @@ static void harness_init(void)
         { 6, 0, FLAT_KERNEL_CS, (unsigned long)fx_ud },
         { 12, 0, FLAT_KERNEL_CS, (unsigned long)fx_ss },
         { 13, 0, FLAT_KERNEL_CS, (unsigned long)fx_gp },
+        { 0x81, 3, FLAT_KERNEL_CS, (unsigned long)user_return },
         { 0, 0, 0, 0 } };
-    struct callback_register cb = { .type = CALLBACKTYPE_syscall, .flags = CALLBACKF_mask_events,
-                                    .address = (unsigned long)user_syscall_entry };
     struct mmuext_op op = { .cmd = MMUEXT_NEW_USER_BASEPTR, .arg1.mfn = virt_to_mfn((void *)si->pt_base) };
     expect("harness_trap_table", HYPERVISOR_set_trap_table(traps), 0);
-    expect("harness_syscall_callback", HYPERVISOR_callback_op(CALLBACKOP_register, &cb), 0);
     expect("harness_stack_switch",
            HYPERVISOR_stack_switch(FLAT_KERNEL_SS, (unsigned long)(kernel_stack + 1024)), 0);
     expect("harness_user_baseptr", HYPERVISOR_mmuext_op(&op, 1, 0, DOMID_SELF), 0);
@@ -423,6 +423,32 @@ static void check_grant_mapping(void)
     expect("gnt_unpin", HYPERVISOR_mmuext_op((struct mmuext_op *)&pin, 1, 0, DOMID_SELF), 0);
 }
 
+/* -- syscall from user mode ---------------------------------------------------------------------------- */
+volatile unsigned long sc_seen, sc_flags, sc_r11;
+__asm__(".pushsection .text\n\t.globl sc_entry\nsc_entry:\n\t"
+        "push %rax\n\tpushfq\n\tpop %rax\n\tmov %rax, sc_flags(%rip)\n\tmov %r11, sc_r11(%rip)\n\t"
+        "incq sc_seen(%rip)\n\tpop %rax\n\t"
+        "pop %rcx\n\tpop %r11\n\tpushq $0x100\n\tjmp hypercall_page + 23 * 32\n.popsection");
+extern char sc_entry[];
+PROBE(probe_syscall, "syscall_insn: syscall");
+PROBE(probe_std_syscall, "std\n\tsyscall\n\tcld");
+extern char syscall_insn[];
+
+static void check_user_syscall(void)
+{
+    unsigned long u = 0x002;
+    struct callback_register cb = { .type = CALLBACKTYPE_syscall, .flags = CALLBACKF_mask_events,
+                                    .address = (unsigned long)sc_entry };
+
+    expect("syscall_no_callback_ud", probe(probe_syscall, probe_syscall_end, 1, u), EXC(6, 0));
+    expect("syscall_ud_rip", fx_rip == (unsigned long)syscall_insn, 1);
+    expect("syscall_register_callback", HYPERVISOR_callback_op(CALLBACKOP_register, &cb), 0);
+    expect("syscall_to_callback", probe(probe_std_syscall, probe_std_syscall_end, 1, u), NO_FAULT);
+    expect("syscall_callback_entered", sc_seen, 1);
+    expect("syscall_callback_df_clear", (sc_flags >> 10) & 1, 0);
+    expect("syscall_user_df_in_r11", (sc_r11 >> 10) & 1, 1);
+}
+
 /* -- linear page tables ------------------------------------------------------------------------------- */
 #define LINEAR_SLOT 100UL
 
@@ -457,4 +483,5 @@ void run_xtfgaps2(void)
     check_stack_segment();
     check_ctl_ops();
     check_grant_mapping();
+    check_user_syscall();
 }

@@ -19,7 +19,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KERNEL_SS, GDT_SIZE,
-                                    MSR_EFER, PFEC_user_mode, TI_MASK_EVENTS, TRAP_gp_fault,
+                                    MSR_EFER, PFEC_user_mode, TI_MASK_EVENTS, TRAP_gp_fault, TRAP_invalid_op,
                                     TRAP_no_device, TRAP_page_fault)
 from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
@@ -44,6 +44,7 @@ def _dispatch():
 _U64 = struct.Struct("<Q")
 EFLAGS_IF = 1 << 9
 EFLAGS_TF = 1 << 8
+EFLAGS_DF = 1 << 10
 EFLAGS_IOPL = 3 << 12
 EFLAGS_NT = 1 << 14
 EFLAGS_RF = 1 << 16
@@ -246,9 +247,8 @@ class Vcpu:
         `frame` gives (rip, cs, rsp, ss) for the frame when Xen's entry path recorded its own (sysenter)."""
         cur_rip, rsp, rflags, rcx, r11 = self.frame_regs.read()
         if rip is None:
-            rip = cur_rip
-        if self.in_syscall_hook:
-            rip += 2          # the hooked `syscall` has not advanced RIP yet
+            # In the syscall hook, the hooked `syscall` has not advanced RIP yet.
+            rip = cur_rip + 2 if self.in_syscall_hook else cur_rip
         saved_mask = self.upcall_mask
         if self.kernel_mode:
             cs = FLAT_KERNEL_CS & ~3        # tell the guest kernel it interrupted itself
@@ -355,13 +355,18 @@ class Vcpu:
 
     def _user_syscall(self) -> None:
         """`syscall` from guest user mode: Xen enters the registered syscall callback in kernel mode with
-        {rcx, r11, rip, cs, rflags, rsp, ss} on the kernel stack (rcx/r11 as the CPU sets them)."""
-        if not self.syscall_callback:
-            raise GuestCrash("syscall from guest user mode with no syscall callback registered")
+        {rcx, r11, rip, cs, rflags, rsp, ss} on the kernel stack (rcx/r11 as the CPU sets them) and DF
+        clear (the PV ABI's fixed SYSCALL_MASK). With no callback registered Xen injects #UD at the
+        `syscall` instead (switch_to_kernel's syscall_no_callback)."""
         rip, _, rflags, _, _ = self.frame_regs.read()
+        if not self.syscall_callback:
+            self.inject_exception(TRAP_invalid_op, None, rip)
+            self.deliver_events()
+            return
         self.uc.reg_write(X.UC_X86_REG_RCX, rip + 2)
         self.uc.reg_write(X.UC_X86_REG_R11, rflags)
         self.bounce(self.syscall_callback, None, self.syscall_mask_events)
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, self.uc.reg_read(X.UC_X86_REG_EFLAGS) & ~EFLAGS_DF)
         self.deliver_events()
 
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
