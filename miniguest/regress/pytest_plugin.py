@@ -110,6 +110,9 @@ def boot(image: str, *, run: bool = True, trace: bool = True, inject: Iterable[s
     return result
 
 
+XTF_DEFAULT_BUDGET = 2_000_000_000
+
+
 def _tail(console: str, lines: int = 15) -> str:
     return "\n".join(console.rstrip("\n").split("\n")[-lines:])
 
@@ -134,6 +137,9 @@ def pytest_addoption(parser: Any) -> None:
                     help="rewrite golden traces from this run instead of comparing with them")
     group.addoption("--xtf", action="store_true", default=False,
                     help=f"collect XTF test binaries ({XTF_PATTERN}) as tests booted under miniguest")
+    group.addoption("--xtf-budget", type=int, default=XTF_DEFAULT_BUDGET, metavar="INSNS",
+                    help="instruction budget of each collected XTF test, like xtf-runner's timeout: one that "
+                         "runs out is a CRASH (default %(default)s, 2 s of guest time)")
     parser.addini("miniguest_golden_dir", "directory of golden traces, relative to the rootdir",
                   default="tests/golden")
 
@@ -245,7 +251,9 @@ class XtfItem(pytest.Item):
     """One XTF binary: booted in setup (SKIP/ERROR/CRASH decided there), FAILURE fails the call."""
 
     def setup(self) -> None:
-        self.run = boot(str(self.path))
+        # A budget: an XTF test that never reports (a hang, a test like `splitlock` that is a load generator)
+        # must not stall the whole session.
+        self.run = boot(str(self.path), max_instructions=self.config.getoption("xtf_budget"))
         res = self.run.xtf_result
         if res in ("SKIP", "ERROR", "CRASH"):
             xtf_outcome(self.run)

@@ -80,6 +80,13 @@ def test_xtf_binaries_are_collected_with_the_option(pytester):
     result.stdout.fnmatch_lines(["*XTF: CRASH (test-pv64-selftest*"])
 
 
+def test_collected_xtf_tests_have_an_instruction_budget(pytester):
+    shutil.copy(SELFTEST, pytester.path / "test-pv64-selftest")
+    result = pytester.runpytest("-q", "--xtf", "--xtf-budget", "1000")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*XTF: CRASH (test-pv64-selftest, domain budget*"])
+
+
 @pytest.mark.parametrize("text,want", [
     ("Test result: SUCCESS\n", "SUCCESS"),
     ("x\nTest result: SUCCESS with warnings\r\n\n", "SUCCESS"),
