@@ -113,6 +113,7 @@ class Domain:
         self.events = EventChannels(self, config.max_evtchn_ports)
         self.timers = Timers()
         self.watchdogs: dict[int, int] = {}
+        self.foreign_mapped: set[int] = set()     # frames dom0 maps (Host.map_foreign): the backends' rings
         self.vm_assist = 0
         self.vcpus: list["Vcpu"] = []
         self.clock: VirtualClock

@@ -36,6 +36,7 @@ class Host:
         dom = self.domains.get(domid)
         if dom is None or not 0 <= mfn < dom.mem.nr_frames or dom.frames.owner[mfn] != domid:
             raise PermissionError(f"d{domid} does not own mfn {mfn:#x}")
+        dom.foreign_mapped.add(mfn)          # dom0 holds it now: Xen would not free it under the mapping
         return dom.mem.frame(mfn)
 
     def close(self) -> None:

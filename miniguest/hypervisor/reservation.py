@@ -21,7 +21,6 @@ Xen's rules (xen/common/memory.c), as a PV guest sees them:
 """
 from __future__ import annotations
 
-import ctypes
 import struct
 from typing import TYPE_CHECKING, Optional
 
@@ -136,19 +135,8 @@ def populate_physmap(vcpu: "Vcpu", arg: int, start_extent: int) -> int:
 
 
 def _held_by_others(dom: "Domain") -> set[int]:
-    """Frames Xen or dom0 keeps a reference to: shared_info, the grant frames, the backends' rings."""
-    held = {dom.xen.shared_info_mfn, *dom.grant_frames}
-    views = []
-    if getattr(dom, "console_backend", None) is not None:
-        views.append(dom.console_backend.page)
-    store_conn = getattr(dom, "xenstored", None) and dom.xenstored.domains.get(dom.domid)
-    if store_conn is not None:
-        views.append(store_conn.page)
-    for view in views:
-        if not view.readonly:
-            addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
-            held.add((addr - dom.mem.address) // 4096)
-    return held
+    """Frames Xen or dom0 keeps a reference to: shared_info, the grant frames, what dom0 maps."""
+    return {dom.xen.shared_info_mfn, *dom.grant_frames, *dom.foreign_mapped}
 
 
 def _mapped_by_l1s(dom: "Domain") -> set[int]:

@@ -66,6 +66,7 @@ DOMAIN_CARRIED = DOMAIN_FIELDS + ("domid", "state", "shutdown_reason", "shutdown
                                   "timers", "events", "frames", "xen", "mem", "vcpus", "console", "console_backend",
                                   "xenstored")
 DOMAIN_REBUILT = ("config", "host", "name", "image", "symbols", "layout", "start_info_va", "store",
+                  "foreign_mapped",
                   "hv_console_sink", "hypercall_observers", "trace_sinks", "fault_injector", "on_final", "on_idle",
                   "_pause_requested", "_shared_info", "grant_frames", "internal_traceback", "grant_maptrack")
 
