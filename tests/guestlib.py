@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from miniguest import Domain
 
@@ -14,6 +14,22 @@ GUESTS = os.path.join(ROOT, "tests", "guests")
 SAMPLES = os.path.join(ROOT, "miniguest", "samples")
 SELFTEST = os.path.join(GUESTS, "selftest.elf")
 HELLO = os.path.join(SAMPLES, "hello.elf")
+
+
+class HypercallRecorder:
+    """A hypercall observer: the (nr, args, result) sequence of a run."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, tuple[int, ...], Optional[int]]] = []
+
+    def before(self, vcpu: Any, nr: int, args: tuple[int, ...]) -> None:
+        pass
+
+    def after(self, vcpu: Any, nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
+        self.calls.append((nr, tuple(args), result))
+
+    def of(self, nr: int) -> list[tuple[int, tuple[int, ...], Optional[int]]]:
+        return [c for c in self.calls if c[0] == nr]
 
 
 def boot(path: str, **options) -> Domain:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import pytest
 
+from guestlib import HypercallRecorder
 from miniguest import Domain, samples
 from miniguest.hypervisor import domain as D
 
@@ -69,26 +70,13 @@ PAGE_FAULTS: dict[str, tuple[int, str, int]] = {
 }
 
 
-class Recorder:
-    """Hypercall observer: the (nr, args, result) sequence."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, tuple[int, ...], Optional[int]]] = []
-
-    def before(self, vcpu: Any, nr: int, args: tuple[int, ...]) -> None:
-        pass
-
-    def after(self, vcpu: Any, nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
-        self.calls.append((nr, tuple(args), result))
-
-
 class Run:
     def __init__(self, cmdline: str = "", **options: Any) -> None:
         assert FAULTS is not None, "faults.elf is not shipped"
         self.dom = Domain.from_elf(FAULTS, cmdline=cmdline, **options)
         self.trace: list[dict[str, Any]] = []
         self.dom.trace_sinks.append(lambda kind, f: self.trace.append(dict(f)) if kind == "exception" else None)
-        self.calls = Recorder()
+        self.calls = HypercallRecorder()
         self.dom.hypercall_observers.append(self.calls)
         self.dom.run()
         self.lines = self.dom.console.text.splitlines()

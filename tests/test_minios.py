@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
+from guestlib import HypercallRecorder
 from miniguest import Domain, samples
 from miniguest.hypervisor import domain as D
 
@@ -20,22 +21,6 @@ MINIOS = samples.path("minios")
 PAGE = 4096
 _PAGE_RW = 2
 T_LINE = re.compile(r"^T\(s=(\d+) us=(\d+)\)$", re.M)
-
-
-class HypercallRecorder:
-    """A hypercall observer: the (nr, args, result) sequence of a run."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, tuple[int, ...], Optional[int]]] = []
-
-    def before(self, vcpu: Any, nr: int, args: tuple[int, ...]) -> None:
-        pass
-
-    def after(self, vcpu: Any, nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
-        self.calls.append((nr, tuple(args), result))
-
-    def of(self, nr: int) -> list[tuple[int, tuple[int, ...], Optional[int]]]:
-        return [c for c in self.calls if c[0] == nr]
 
 
 def boot(cmdline: str = "", **options: Any) -> tuple[Domain, HypercallRecorder]:

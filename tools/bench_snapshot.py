@@ -17,25 +17,13 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from miniguest import Domain, samples  # noqa: E402
+from miniguest.regress.commands import PauseAfterHypercalls  # noqa: E402
 from miniguest.regress.snapshot import Snapshot  # noqa: E402
-
-
-class PauseAfter:
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    def before(self, vcpu: Any, nr: int, args: tuple) -> None:
-        pass
-
-    def after(self, vcpu: Any, nr: int, args: tuple, result: Optional[int]) -> None:
-        self.seen += 1
-        if self.seen == self.n:
-            vcpu.domain.pause()
 
 
 def median_time(fn: Callable[[], Any], repeat: int) -> float:
@@ -49,7 +37,7 @@ def median_time(fn: Callable[[], Any], repeat: int) -> float:
 
 def measure(image: str, cmdline: str, repeat: int, poison: bool) -> dict[str, float]:
     dom = Domain.from_elf(image, cmdline=cmdline, memory_mib=32, poison_memory=poison)
-    dom.hypercall_observers.append(PauseAfter(60))
+    dom.hypercall_observers.append(PauseAfterHypercalls(60))
     assert dom.run() == "paused", "the guest ended before its 60th hypercall"
     snap = Snapshot.capture(dom)
     out: dict[str, float] = {}
