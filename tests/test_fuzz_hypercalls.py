@@ -8,8 +8,8 @@ import random
 import pytest
 
 from miniguest import Domain
-from miniguest.hypervisor import hypercalls
-from miniguest.hypervisor.pagetable import PGT_l1, PGT_l4, PGT_seg_desc, PGT_writable, audit
+from miniguest.hypervisor import hypercall as hypercalls
+from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_seg_desc, PGT_writable, audit
 from miniguest.hypervisor.vcpu import GuestCrash
 
 from guestlib import SELFTEST

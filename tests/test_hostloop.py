@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from miniguest.hostloop import HostLoop
+from miniguest.hypervisor.hostloop import HostLoop
 
 
 def test_reader_writer_and_cross_thread_calls():

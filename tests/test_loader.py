@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from miniguest.loader.elf import ImageError, parse_kernel
+from miniguest.toolstack.libelf import ImageError, parse_kernel
 
 from guestlib import GUESTS, HELLO, boot, cli
 

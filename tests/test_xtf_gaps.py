@@ -109,8 +109,8 @@ def test_linear_pagetable_self_map(xtfgaps2):
 def test_linear_pagetable_references():
     # A read-only Ln entry naming another validated Ln table holds a type reference on it; a self map holds
     # none; XSA-240: a table holding linear entries cannot itself become a linear target (no cycles).
-    from miniguest.hypervisor.memory import MachineMemory
-    from miniguest.hypervisor.pagetable import PGT_l4, FrameTable, PageTypeError, audit
+    from miniguest.hypervisor.ram import MachineMemory
+    from miniguest.hypervisor.x86.page_types import PGT_l4, FrameTable, PageTypeError, audit
     frames = FrameTable(MachineMemory(8))
     frames.owner[:] = [1] * 8
     a, b, c = 2, 3, 4
@@ -203,7 +203,7 @@ def test_grant_mapping_references(xtfgaps2):
     # A writable grant mapping holds a writable type reference (the frame cannot be pinned as a page
     # table, XSA-224); the reference belongs to the PTE, so when unmap_and_replace moves the PTE (XSA-234)
     # the mapping is unmapped where it now is, not where it was. Afterwards the books balance.
-    from miniguest.hypervisor.pagetable import audit
+    from miniguest.hypervisor.x86.page_types import audit
     from test_fuzz_hypercalls import type_roots
     dom, _, f = xtfgaps2
     assert f["gnt_rw_blocks_pin_l1"] == "-22"
@@ -217,7 +217,7 @@ def test_grant_mapping_references(xtfgaps2):
 def test_no_snapshot_with_grants_mapped():
     # The maptrack is not carried by snapshots: a domain with a grant mapped refuses to be captured.
     from miniguest import Domain
-    from miniguest.hypervisor.gnttab import GNTMAP_host_map, GrantMap
+    from miniguest.hypervisor.common.grant_table import GNTMAP_host_map, GrantMap
     from miniguest.regress.snapshot import Snapshot, SnapshotError
     from guestlib import SELFTEST
     dom = Domain.from_elf(SELFTEST, cmdline="layout")

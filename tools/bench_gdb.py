@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 from miniguest import Domain  # noqa: E402
 from miniguest.debug.rsp import RspClient  # noqa: E402
-from miniguest.hypervisor.debugsupport import DebugSupport  # noqa: E402
+from miniguest.hypervisor.debugger import DebugSupport  # noqa: E402
 
 SELFTEST = os.path.join(ROOT, "tests", "guests", "selftest.elf")
 # Functions the compute-loop scenario never calls after bench_loop starts: where the 10 breakpoints go.

@@ -28,7 +28,7 @@ from miniguest.abi import xs_wire as W  # noqa: E402
 from miniguest.backends.xenstore.client import SocketClient  # noqa: E402
 from miniguest.backends.xenstore.daemon import XenstoreDaemon, populate_domain  # noqa: E402
 from miniguest.backends.xenstore.guestring import GuestRing  # noqa: E402
-from miniguest.hostloop import HostLoop  # noqa: E402
+from miniguest.hypervisor.hostloop import HostLoop  # noqa: E402
 
 HDR = struct.Struct("<IIII")
 

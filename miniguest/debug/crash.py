@@ -20,7 +20,7 @@ def crash_report(domain: "Domain", vcpu: Optional["Vcpu"], why: str) -> str:
         regs = vcpu.regs()
         # The guest's CR2 is the one Xen keeps for it in vcpu_info.arch.cr2 (what `mov %cr2` returns to it);
         # Unicorn's own CR2 register also changes with hypervisor-internal accesses.
-        from miniguest.hypervisor.privop import read_cr
+        from miniguest.hypervisor.pv.emul_priv_op import read_cr
         cr2 = read_cr(vcpu, 2) or 0
         cr3 = vcpu.aspace.cr3
     except Exception as e:          # the CPU itself is unreadable: say so rather than fail

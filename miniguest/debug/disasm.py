@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Optional
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.memory import AddressSpace
+    from miniguest.hypervisor.ram import AddressSpace
 
 _md = Cs(CS_ARCH_X86, CS_MODE_64)
 

@@ -32,15 +32,15 @@ from typing import Callable, Optional, Union
 from unicorn import x86_const as X
 
 from miniguest.abi.arch_x86 import PAGE_SIZE, _PAGE_RW, _PAGE_USER
-from miniguest.cli import SHUTDOWN_EXIT             # W packets carry `miniguest boot`'s exit status
+from miniguest.cli.main import SHUTDOWN_EXIT             # W packets carry `miniguest boot`'s exit status
 from miniguest.debug import tdesc
 from miniguest.debug.monitor import Monitor
 from miniguest.debug.rsp import PACKET_SIZE, Event, PacketReader, ProtocolError, frame, hex_to_bytes, parse_hex
 from miniguest.hypervisor import domain as D
-from miniguest.hypervisor.debugsupport import (BP_HARDWARE, BP_SOFTWARE, STOP_CATCH, STOP_INTERRUPT,
+from miniguest.hypervisor.debugger import (BP_HARDWARE, BP_SOFTWARE, STOP_CATCH, STOP_INTERRUPT,
                                                STOP_WATCHPOINT, WATCH_ACCESS, WATCH_READ, WATCH_WRITE,
                                                DebugError, DebugSupport, StopEvent)
-from miniguest.hypervisor.memory import canonical
+from miniguest.hypervisor.ram import canonical
 
 log = logging.getLogger("miniguest.gdbstub")
 
@@ -620,7 +620,7 @@ class GdbStub:
         self._send(self._stop_reply(stop))
 
     def _describe_catch(self, stop: StopEvent) -> str:
-        from miniguest.hypervisor.hypercalls import TABLE
+        from miniguest.hypervisor.hypercall import TABLE
         vcpu = self.domain.vcpus[stop.vcpu]
         regs = vcpu.regs()
         args = (regs["rdi"], regs["rsi"], regs["rdx"], regs["r10"], regs["r8"])

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional, TextIO
 from unicorn import x86_const as X
 
 from miniguest.abi import errno
-from miniguest.hypervisor.hypercalls import TABLE, name_of
+from miniguest.hypervisor.hypercall import TABLE, name_of
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from miniguest.abi.xen import HYPERCALL_NAMES
 from miniguest.debug.trace import TraceRecord, Tracer
 from miniguest.debug.tracefmt import TraceFormatter, TraceKindsError, parse_kinds
-from miniguest.hypervisor.debugsupport import BP_CATCH, DebugSupport
+from miniguest.hypervisor.debugger import BP_CATCH, DebugSupport
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from miniguest.hypervisor.memory import canonical
+from miniguest.hypervisor.ram import canonical
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from miniguest.abi.errno import name as errno_name
 from miniguest.debug.hclog import call_site
-from miniguest.hypervisor.hypercalls import TABLE, name_of
+from miniguest.hypervisor.hypercall import TABLE, name_of
 from miniguest.regress.decoders import decode_inputs, decode_outputs, symbolize
 
 if TYPE_CHECKING:

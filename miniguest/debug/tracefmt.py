@@ -20,7 +20,7 @@ from miniguest.debug.disasm import disassemble, read_code
 from miniguest.debug.hclog import format_result
 from miniguest.debug.symbols import EMPTY, Symbols
 from miniguest.debug.trace import ALL_KINDS, TraceRecord, Tracer
-from miniguest.hypervisor.hypercalls import TABLE
+from miniguest.hypervisor.hypercall import TABLE
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain

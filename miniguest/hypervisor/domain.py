@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from miniguest.abi.memory import E820_RAM
 from miniguest.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
-from miniguest.hypervisor.events import EventChannels
+from miniguest.hypervisor.common.event_channel import EventChannels
 from miniguest.hypervisor.host import Host
-from miniguest.hypervisor.memory import MachineMemory
-from miniguest.hypervisor.pagetable import FrameTable
-from miniguest.hypervisor.timers import Timers
+from miniguest.hypervisor.ram import MachineMemory
+from miniguest.hypervisor.x86.page_types import FrameTable
+from miniguest.hypervisor.common.timer import Timers
 from miniguest.hypervisor.vclock import VirtualClock
-from miniguest.hypervisor.xen_area import XenArea, xen_frames_needed
+from miniguest.hypervisor.x86.xen_area import XenArea, xen_frames_needed
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
-    from miniguest.loader.elf import KernelImage
+    from miniguest.toolstack.libelf import KernelImage
 
 log = logging.getLogger("miniguest")
 
@@ -144,11 +144,11 @@ class Domain:
         """Build a domain from a PV kernel ELF with the default dom0 daemons attached (console, xenstore).
         Options: memory_mib, cmdline, module (bytes or path), name, scramble_mfns, max_instructions, ...;
         console_output: a callable receiving console bytes (default: collected only)."""
-        from miniguest.toolstack import create_domain
+        from miniguest.toolstack.libxl import create_domain
         return create_domain(path, **options)
 
     def create_vcpus(self, count: int = 1) -> None:
-        from miniguest.hypervisor.hypercalls import load_families
+        from miniguest.hypervisor.hypercall import load_families
         from miniguest.hypervisor.vcpu import Vcpu
         load_families()
         for i in range(count):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from miniguest.hostloop import HostLoop
-from miniguest.hypervisor.events import Dom0Evtchn
+from miniguest.hypervisor.hostloop import HostLoop
+from miniguest.hypervisor.common.event_channel import Dom0Evtchn
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain

@@ -23,9 +23,9 @@ from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KER
                                     TRAP_no_device, TRAP_page_fault)
 from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
-from miniguest.hypervisor.memory import AddressSpace, GuestFault
+from miniguest.hypervisor.ram import AddressSpace, GuestFault
 from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, hook_syscall_raw, read_exception_state
-from miniguest.hypervisor.xen_area import ENTRY_STUB_VA, GDT_VIRT_START, HV_STACK_VA, NEVER_EXECUTED_VA
+from miniguest.hypervisor.x86.xen_area import ENTRY_STUB_VA, GDT_VIRT_START, HV_STACK_VA, NEVER_EXECUTED_VA
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -37,7 +37,7 @@ def _dispatch():
     """hypercalls.dispatch, imported on first use (hypercalls imports the families, which import us)."""
     global _dispatch_fn
     if _dispatch_fn is None:
-        from miniguest.hypervisor.hypercalls import dispatch
+        from miniguest.hypervisor.hypercall import dispatch
         _dispatch_fn = dispatch
     return _dispatch_fn
 
@@ -128,7 +128,7 @@ class Vcpu:
         self.runstate_area = 0
         self.pending_intercepts: list[tuple[int, int, list[int]]] = []
         self.intercepted: set[int] = set()
-        from miniguest.hypervisor.time import VcpuTimer
+        from miniguest.hypervisor.common.time import VcpuTimer
         self.timer = VcpuTimer(self)
         self.aspace = AddressSpace(mem)
         self._setup_cpu()
@@ -375,7 +375,7 @@ class Vcpu:
     def _interrupt(self, intno: int) -> None:
         error_code, is_int = read_exception_state(self.uc)
         rip = self.rip
-        from miniguest.hypervisor import privop
+        from miniguest.hypervisor.pv import emul_priv_op as privop
         if is_int:
             privop.software_interrupt(self, intno, rip)
         elif intno == TRAP_gp_fault and privop.emulate_gp(self, rip, error_code):
@@ -394,13 +394,13 @@ class Vcpu:
             self.deliver_events()
 
     def _on_invalid_insn(self, uc: Uc, _: object) -> bool:
-        from miniguest.hypervisor import privop
+        from miniguest.hypervisor.pv import emul_priv_op as privop
         self._guard(privop.invalid_opcode, self)
         return True
 
     def _on_sysenter(self, uc: Uc, _: object) -> None:
         # Unicorn runs this hook in place of the instruction, then adds its length (2) to RIP, as for syscall.
-        from miniguest.hypervisor import privop
+        from miniguest.hypervisor.pv import emul_priv_op as privop
         self.in_syscall_hook = True
         try:
             self._guard(privop.sysenter_instruction, self)
@@ -408,17 +408,17 @@ class Vcpu:
             self.in_syscall_hook = False
 
     def _on_cpuid(self, uc: Uc, _: object) -> int:
-        from miniguest.hypervisor import privop
+        from miniguest.hypervisor.pv import emul_priv_op as privop
         self._guard(privop.cpuid_instruction, self)
         return 1
 
     def _on_rdtsc(self, uc: Uc) -> int:
-        from miniguest.hypervisor import privop
+        from miniguest.hypervisor.pv import emul_priv_op as privop
         self._guard(privop.emulate_rdtsc, self, False)
         return 1
 
     def _on_rdtscp(self, uc: Uc) -> int:
-        from miniguest.hypervisor import privop
+        from miniguest.hypervisor.pv import emul_priv_op as privop
         self._guard(privop.emulate_rdtsc, self, True)
         return 1
 
@@ -426,7 +426,7 @@ class Vcpu:
     # them (count_block) and we hook exactly those instructions before they run (see privop). The IN/OUT
     # instruction hooks below only fire if one slipped through (code rewritten at the same address).
     def count_block(self, addr: int, size: int) -> int:
-        from miniguest.hypervisor.privop import count_block_instructions
+        from miniguest.hypervisor.pv.emul_priv_op import count_block_instructions
         try:
             code = self.aspace.read(addr, size)
         except GuestFault:
@@ -448,7 +448,7 @@ class Vcpu:
         self.pending_intercepts.clear()
 
     def _on_io_intercept(self, uc: Uc, addr: int, size: int, _: object) -> None:
-        from miniguest.hypervisor import privop
+        from miniguest.hypervisor.pv import emul_priv_op as privop
         code = privop._fetch(self, addr, 16)
         n, io = privop.count_block_instructions(code, addr)
         if io and io[0] == addr:

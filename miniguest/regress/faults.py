@@ -34,7 +34,7 @@ from miniguest.abi.xen import HYPERCALL_NAMES, VIRQ_NAMES
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
-    from miniguest.hypervisor.hypercalls import Hypercall
+    from miniguest.hypervisor.hypercall import Hypercall
     from miniguest.hypervisor.vcpu import Vcpu
 
 # xenstored can only send these errno names (xs_wire.h xsd_errors); see backends/xenstore/connection.py.
@@ -122,7 +122,7 @@ def _errno(text: str) -> int:
 
 
 def _known_subops(name: str) -> Optional[set[str]]:
-    from miniguest.hypervisor.hypercalls import TABLE, load_families
+    from miniguest.hypervisor.hypercall import TABLE, load_families
     load_families()
     for hc in TABLE.values():
         if hc.name == name:
@@ -362,7 +362,7 @@ def schedule_redelivery(domain: "Domain", port: int, direction: str, deadline: i
 
 def redeliver(domain: "Domain", port: int, direction: str, injector: Optional[FaultInjector] = None) -> None:
     """Deliver a notification that was held back, bypassing the rules that held it."""
-    from miniguest.hypervisor.events import EvtchnError
+    from miniguest.hypervisor.common.event_channel import EvtchnError
     guards = [fi for fi in {id(x): x for x in (injector, domain.fault_injector)}.values()
               if isinstance(fi, FaultInjector)]
     for fi in guards:

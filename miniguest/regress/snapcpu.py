@@ -20,7 +20,7 @@ from unicorn import UcError
 from unicorn import x86_const as X
 
 from miniguest.hypervisor.unicorn_x86 import read_exception_state
-from miniguest.hypervisor.xen_area import ENTRY_STUB_VA, HV_STACK_VA
+from miniguest.hypervisor.x86.xen_area import ENTRY_STUB_VA, HV_STACK_VA
 
 from .snapfile import SnapshotError
 

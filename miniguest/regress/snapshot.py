@@ -25,8 +25,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from miniguest.hypervisor.pagetable import OWNER_NONE, OWNER_XEN, TYPE_NAMES
-from miniguest.hypervisor.timers import Timers
+from miniguest.hypervisor.x86.page_types import OWNER_NONE, OWNER_XEN, TYPE_NAMES
+from miniguest.hypervisor.common.timer import Timers
 from miniguest.hypervisor.vcpu import TrapEntry
 
 from . import snapbackends, snapcpu
@@ -311,7 +311,7 @@ def _restore_domain(domain: "Domain", f: Fields, secs: dict[str, bytes]) -> None
 
 
 def _restore_events(domain: "Domain", f: Fields) -> None:
-    from miniguest.hypervisor.events import Port
+    from miniguest.hypervisor.common.event_channel import Port
     ev = domain.events
     if f.int("max_ports") != ev.max_ports:
         raise SnapshotError("snapshot: events.max_ports differs from this configuration")
@@ -406,7 +406,7 @@ def _restore_vcpu(domain: "Domain", v: Any, f: Fields) -> None:
 
 
 def _restore_timers(domain: "Domain", items: list) -> None:
-    from miniguest.hypervisor.sched import _watchdog_fired
+    from miniguest.hypervisor.common.sched import _watchdog_fired
     domain.timers = Timers()
     domain.watchdogs = {}
     for v in domain.vcpus:
@@ -500,8 +500,8 @@ class Snapshot:
         """A new domain in the snapshot's state (on a new Host unless one is given). `options` go to the
         toolstack (e.g. store_socket=, max_instructions= to change the budget)."""
         from miniguest.hypervisor.host import Host
-        from miniguest.loader.elf import ImageError
-        from miniguest.toolstack import create_domain
+        from miniguest.toolstack.libelf import ImageError
+        from miniguest.toolstack.libxl import create_domain
         h = self.header
         cfg = Fields(h.get("config"), "config")
         dom_f = Fields(h.get("domain"), "domain")

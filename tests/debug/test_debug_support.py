@@ -11,7 +11,7 @@ from debuglib import HELLO, SAMPLES, SELFTEST
 from miniguest import Domain
 from miniguest.debug.disasm import describe_insn
 from miniguest.debug.trace import Tracer
-from miniguest.hypervisor.debugsupport import DebugSupport
+from miniguest.hypervisor.debugger import DebugSupport
 
 FAULTS = os.path.join(SAMPLES, "faults.elf")
 

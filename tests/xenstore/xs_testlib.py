@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # the package is imported from the work tree, not
 from miniguest.abi import xs_wire as W  # noqa: E402
 from miniguest.backends.xenstore.daemon import XenstoreDaemon, populate_domain  # noqa: E402
 from miniguest.backends.xenstore.guestring import GuestRing  # noqa: E402
-from miniguest.hostloop import HostLoop  # noqa: E402
+from miniguest.hypervisor.hostloop import HostLoop  # noqa: E402
 
 def make_guest(d: XenstoreDaemon, domid: int, start_index: int = 0, populate: bool = True) -> GuestRing:
     if populate:

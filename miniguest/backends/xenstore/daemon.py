@@ -26,7 +26,7 @@ from .unixsock import SocketServer
 from .watches import fire_watches
 
 if TYPE_CHECKING:
-    from miniguest.hostloop import HostLoop
+    from miniguest.hypervisor.hostloop import HostLoop
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from miniguest.abi import errno
 from miniguest.abi.sched import (SCHEDOP_block, SCHEDOP_poll, SCHEDOP_remote_shutdown, SCHEDOP_shutdown,
                                  SCHEDOP_shutdown_code, SCHEDOP_watchdog, SCHEDOP_yield, SHUTDOWN_watchdog)
 from miniguest.abi.xen import HYPERVISOR_sched_op, HYPERVISOR_sched_op_compat
-from miniguest.hypervisor.hypercalls import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

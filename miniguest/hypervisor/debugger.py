@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Optional
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
 
 from miniguest.abi.arch_x86 import PAGE_SIZE
-from miniguest.hypervisor.memory import GuestFault
-from miniguest.hypervisor.privop import count_block_instructions
+from miniguest.hypervisor.ram import GuestFault
+from miniguest.hypervisor.pv.emul_priv_op import count_block_instructions
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain

@@ -17,9 +17,9 @@ from miniguest.abi.xen import (HYPERVISOR_callback_op, HYPERVISOR_fpu_taskswitch
                                HYPERVISOR_set_callbacks, HYPERVISOR_set_gdt, HYPERVISOR_set_segment_base,
                                HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_update_descriptor,
                                VMASST_TYPE_architectural_iopl)
-from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
-from miniguest.hypervisor.memory import GuestFault, canonical
-from miniguest.hypervisor.pagetable import PGT_seg_desc, PGT_writable, PageTypeError
+from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
+from miniguest.hypervisor.ram import GuestFault, canonical
+from miniguest.hypervisor.x86.page_types import PGT_seg_desc, PGT_writable, PageTypeError
 from miniguest.hypervisor.vcpu import EFLAGS_IF, EFLAGS_IOPL, EFLAGS_VM, GuestCrash, TrapEntry
 
 if TYPE_CHECKING:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Optional
 
 from miniguest.abi.arch_x86 import PTE_ADDR_MASK, _PAGE_PRESENT
 from miniguest.abi.xen import DOMID_SELF
-from miniguest.hypervisor.memory import GuestFault, guest_range_ok
-from miniguest.hypervisor.pagetable import OWNER_NONE, PGT_l1, PGT_none
+from miniguest.hypervisor.ram import GuestFault, guest_range_ok
+from miniguest.hypervisor.x86.page_types import OWNER_NONE, PGT_l1, PGT_none
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain

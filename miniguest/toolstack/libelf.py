@@ -17,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 
 from miniguest.abi import elfnote
 from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START
-from miniguest.hypervisor.memory import canonical
+from miniguest.hypervisor.ram import canonical
 
 MAX_NOTES = 1024
 PT_LOAD = "PT_LOAD"

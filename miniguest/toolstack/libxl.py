@@ -13,8 +13,8 @@ from miniguest.backends.console import HV, RING, ConsoleBackend, ConsoleLog
 from miniguest.debug.symbols import Symbols
 from miniguest.hypervisor.domain import Domain, DomainConfig
 from miniguest.hypervisor.host import Host
-from miniguest.loader.builder import build_domain
-from miniguest.loader.elf import ImageError, parse_kernel
+from miniguest.toolstack.dom_builder import build_domain
+from miniguest.toolstack.libelf import ImageError, parse_kernel
 
 
 def _xenstored(host: Host):
@@ -56,7 +56,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
         # --realtime: the guest's time of day is the host's, as Xen's wallclock is dom0's (the time of day
         # at system time 0, which is when the domain's clock started).
         import time
-        from miniguest.hypervisor.time import set_wallclock
+        from miniguest.hypervisor.common.time import set_wallclock
         config.wallclock = divmod(time.time_ns() - domain.clock.now_ns(), 1_000_000_000)
         set_wallclock(domain, *config.wallclock)
     host = domain.host

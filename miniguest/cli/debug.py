@@ -58,7 +58,7 @@ def configure_domain(domain: Any, args: argparse.Namespace) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from miniguest import cli
+    from miniguest.cli import main as cli
     for name, helptext, func in (
             ("debug", "boot a guest stopped before its first instruction and wait for gdb", cmd_debug),
             ("gdb", "boot a guest under gdb (the stub plus the system gdb, already connected)", cmd_gdb)):
@@ -96,9 +96,9 @@ def _console_sinks(args: argparse.Namespace) -> tuple[list, Optional[Any]]:
 
 def _build(args: argparse.Namespace, sinks: list):
     """Build the domain like `boot` does. Returns (domain, kernel path) or an exit status."""
-    from miniguest import cli
-    from miniguest.loader.elf import ImageError
-    from miniguest.xlcfg import ConfigError
+    from miniguest.cli import main as cli
+    from miniguest.toolstack.libelf import ImageError
+    from miniguest.toolstack.xlcfg import ConfigError
     try:
         dom, kernel, _, _ = cli.build_from_args(args, sinks)
     except ImageError as e:
@@ -111,7 +111,7 @@ def _build(args: argparse.Namespace, sinks: list):
 
 
 def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
-    from miniguest import cli
+    from miniguest.cli import main as cli
     from miniguest.debug.gdbstub import GdbStub
     from miniguest.hypervisor import domain as D
     try:

@@ -9,7 +9,7 @@ from miniguest.abi.event_channel import (ARG_STRUCTS, EVTCHNOP_NAMES, EVTCHNOP_a
                                          EVTCHNOP_bind_virq, EVTCHNOP_close, EVTCHNOP_reset, EVTCHNOP_send,
                                          EVTCHNOP_status, EVTCHNOP_unmask)
 from miniguest.abi.xen import HYPERVISOR_event_channel_op, HYPERVISOR_event_channel_op_compat
-from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
+from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

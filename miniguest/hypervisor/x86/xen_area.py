@@ -15,8 +15,8 @@ import struct
 from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_PAGE, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
                                     MACH2PHYS_VIRT_START, XEN_CS32, XEN_CS64, XEN_DS64, _PAGE_ACCESSED,
                                     _PAGE_DIRTY, _PAGE_NX, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER)
-from miniguest.hypervisor.memory import MachineMemory
-from miniguest.hypervisor.pagetable import OWNER_XEN, FrameTable
+from miniguest.hypervisor.ram import MachineMemory
+from miniguest.hypervisor.x86.page_types import OWNER_XEN, FrameTable
 from miniguest.hypervisor.unicorn_x86 import seg_descriptor
 
 M2P_SLOT = 256

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from miniguest.abi import errno
 from miniguest.abi.xen import HYPERVISOR_domctl, HYPERVISOR_sysctl
-from miniguest.hypervisor.hypercalls import hypercall
+from miniguest.hypervisor.hypercall import hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

@@ -46,7 +46,7 @@ def configure_domain(domain: Any, args: argparse.Namespace) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from miniguest import cli
+    from miniguest.cli import main as cli
     p = subparsers.add_parser("trace", help="record, show, compare and export traces of hypercall handling")
     sub = p.add_subparsers(dest="trace_command", required=True)
     rec = sub.add_parser("record", help="boot a guest and record its trace (boot options apply)")
@@ -78,7 +78,7 @@ def register(subparsers: Any) -> None:
 
 
 def _register_snapshot(subparsers: Any) -> None:
-    from miniguest import cli
+    from miniguest.cli import main as cli
     p = subparsers.add_parser("snapshot", help="save a domain at a point, restore and run it (variations)")
     sub = p.add_subparsers(dest="snapshot_command", required=True)
     save = sub.add_parser("save", help="boot a guest, stop it at a point and save a snapshot")
@@ -122,11 +122,11 @@ def image_meta(kernel: str, domain: Any, rules: Optional[list[str]] = None) -> d
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from miniguest import cli
+    from miniguest.cli import main as cli
     from miniguest.debug.trace import Tracer, TraceRecord, header_line
     from miniguest.hypervisor import domain as D
-    from miniguest.loader.elf import ImageError
-    from miniguest.xlcfg import ConfigError
+    from miniguest.toolstack.libelf import ImageError
+    from miniguest.toolstack.xlcfg import ConfigError
 
     try:
         dom, kernel, _, _ = cli.build_from_args(args, [] if args.quiet else [_to_terminal])
@@ -235,10 +235,10 @@ class PauseAfterHypercalls:
 
 
 def cmd_snapshot_save(args: argparse.Namespace) -> int:
-    from miniguest import cli
-    from miniguest.loader.elf import ImageError
+    from miniguest.cli import main as cli
+    from miniguest.toolstack.libelf import ImageError
     from miniguest.regress.snapshot import SnapshotError, save_snapshot
-    from miniguest.xlcfg import ConfigError
+    from miniguest.toolstack.xlcfg import ConfigError
     try:
         dom, _, _, _ = cli.build_from_args(args, [] if args.quiet else [_to_terminal])
     except (ImageError, ConfigError) as e:
@@ -280,7 +280,7 @@ def _to_terminal(data: bytes) -> None:
 
 
 def cmd_snapshot_run(args: argparse.Namespace) -> int:
-    from miniguest import cli
+    from miniguest.cli import main as cli
     from miniguest.debug.trace import Tracer, header_line
     from miniguest.regress.faults import FaultInjector
     from miniguest.regress.snapshot import Snapshot, SnapshotError

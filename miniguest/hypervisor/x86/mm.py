@@ -22,9 +22,9 @@ from miniguest.abi.xen import (DOMID_SELF, HYPERVISOR_mmu_update, HYPERVISOR_mmu
                                MMUEXT_SET_LDT, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_LOCAL,
                                MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNPIN_TABLE, UVMF_ALL, UVMF_FLUSHTYPE_MASK,
                                UVMF_LOCAL, VMASST_CMD_disable, VMASST_CMD_enable, VMASST_VALID_PV64)
-from miniguest.hypervisor.hypercalls import HypercallError, hypercall
-from miniguest.hypervisor.memory import GuestFault, guest_range_ok
-from miniguest.hypervisor.pagetable import PGT_l1, PGT_l4, PGT_writable, PageTypeError
+from miniguest.hypervisor.hypercall import HypercallError, hypercall
+from miniguest.hypervisor.ram import GuestFault, guest_range_ok
+from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, PageTypeError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain

@@ -12,9 +12,9 @@ from miniguest.abi.vcpu import (RUNSTATE_running, VCPU_SSHOTTMR_future, VCPUOP_N
                                 VCPUOP_send_nmi, VCPUOP_set_periodic_timer, VCPUOP_set_singleshot_timer,
                                 VCPUOP_stop_periodic_timer, VCPUOP_stop_singleshot_timer, VCPUOP_up)
 from miniguest.abi.xen import HYPERVISOR_vcpu_op
-from miniguest.hypervisor.hypercalls import HypercallError, UnknownSubop, hypercall
-from miniguest.hypervisor.pagetable import PGT_writable
-from miniguest.hypervisor.time import update_vcpu_time
+from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.x86.page_types import PGT_writable
+from miniguest.hypervisor.common.time import update_vcpu_time
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

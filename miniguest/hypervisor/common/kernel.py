@@ -13,7 +13,7 @@ from miniguest.abi.version import (COMPILE_INFO_FIELDS, XEN_CAPABILITIES_INFO_LE
                                    XENVER_extraversion, XENVER_get_features, XENVER_guest_handle,
                                    XENVER_pagesize, XENVER_platform_parameters, XENVER_version)
 from miniguest.abi.xen import HYPERVISOR_xen_version
-from miniguest.hypervisor.hypercalls import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

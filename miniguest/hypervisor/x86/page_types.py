@@ -18,7 +18,7 @@ from typing import Callable, Optional
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import (HYPERVISOR_L4_FIRST, HYPERVISOR_L4_LAST, PTE_ADDR_MASK, _PAGE_GLOBAL, _PAGE_PAT, _PAGE_PCD, _PAGE_PRESENT,
                                     _PAGE_PSE, _PAGE_PWT, _PAGE_RW, _PAGE_USER)
-from miniguest.hypervisor.memory import MachineMemory
+from miniguest.hypervisor.ram import MachineMemory
 
 # Owners.
 OWNER_NONE = -1

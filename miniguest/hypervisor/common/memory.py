@@ -13,8 +13,8 @@ from miniguest.abi.memory import (MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT, XENMEM_NAM
                                   XENMEM_maximum_reservation, XENMEM_memory_map, XENMEM_set_memory_map,
                                   XENMEM_machine_memory_map)
 from miniguest.abi.xen import DOMID_SELF, HYPERVISOR_memory_op
-from miniguest.hypervisor import reservation
-from miniguest.hypervisor.hypercalls import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.common import reservation
+from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

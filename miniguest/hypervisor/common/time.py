@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 from miniguest.abi.shared_info import (SI_WC_SEC, SI_WC_SEC_HI, SI_WC_VERSION, VI_TIME,
                                        XEN_PVCLOCK_TSC_STABLE_BIT)
 from miniguest.abi.xen import HYPERVISOR_set_timer_op, VIRQ_TIMER
-from miniguest.hypervisor.hypercalls import hypercall
+from miniguest.hypervisor.hypercall import hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain

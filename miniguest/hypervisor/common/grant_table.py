@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
-from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
-from miniguest.hypervisor.memory import GuestFault, guest_range_ok
-from miniguest.hypervisor.pagetable import PGT_l1, PGT_writable, PageTypeError
+from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
+from miniguest.hypervisor.ram import GuestFault, guest_range_ok
+from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_writable, PageTypeError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -158,7 +158,7 @@ def _grant_pte(mfn: int, flags: int) -> int:
 
 def _pte_slot(vcpu: "Vcpu", addr: int, by_pte: bool) -> tuple[int, int]:
     """(L1 mfn, index) of the PTE a host mapping uses: by linear address, or by its machine address."""
-    from miniguest.hypervisor.mm import l1_entry_for
+    from miniguest.hypervisor.x86.mm import l1_entry_for
     dom = vcpu.domain
     if by_pte:
         if addr & 7:

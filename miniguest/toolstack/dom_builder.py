@@ -16,9 +16,9 @@ from miniguest.abi.start_info import XEN_START_INFO_MAGIC, SIF_MOD_START_PFN, st
 from miniguest.abi.xen import HYPERVISOR_iret
 from miniguest.hypervisor.domain import Domain, DomainConfig
 from miniguest.hypervisor.host import Host
-from miniguest.hypervisor.pagetable import PGT_l4
-from miniguest.loader.elf import ImageError, KernelImage
-from miniguest.loader.layout import PAD_AFTER, Layout, compute_layout
+from miniguest.hypervisor.x86.page_types import PGT_l4
+from miniguest.toolstack.libelf import ImageError, KernelImage
+from miniguest.toolstack.layout import PAD_AFTER, Layout, compute_layout
 
 PAGE = 4096
 
@@ -90,7 +90,7 @@ class Builder:
         # shared_info: zero, events masked on vCPU 0 until the guest is ready.
         d.shared_info_view()[:] = bytes(PAGE)
         d.shared_info_view()[VI_UPCALL_MASK] = 1
-        from miniguest.hypervisor.time import set_wallclock, update_vcpu_time
+        from miniguest.hypervisor.common.time import set_wallclock, update_vcpu_time
         set_wallclock(d, *d.config.wallclock)
         d.create_vcpus(1)
         vcpu = d.vcpus[0]

@@ -23,7 +23,7 @@ from miniguest.abi.arch_x86 import (FLAT_USER_SS64, MSR_EFER, MSR_FS_BASE, MSR_G
                                     TRAP_stack_error)
 from miniguest.abi.callback import CALLBACKTYPE_sysenter
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
-from miniguest.hypervisor.memory import GuestFault, canonical
+from miniguest.hypervisor.ram import GuestFault, canonical
 from miniguest.hypervisor.vcpu import CR0_GUEST, CR4_GUEST, EFER_GUEST, GuestCrash
 
 CR4_DE = 1 << 3
@@ -253,8 +253,8 @@ def write_cr(vcpu: "Vcpu", cr: int, value: int) -> bool:
         vcpu.cr0_ts = ts
         return True
     if cr == 3:
-        from miniguest.hypervisor.mm import switch_base
-        from miniguest.hypervisor.pagetable import PageTypeError
+        from miniguest.hypervisor.x86.mm import switch_base
+        from miniguest.hypervisor.x86.page_types import PageTypeError
         try:
             switch_base(vcpu, value >> 12, user=False)
         except PageTypeError:
@@ -467,7 +467,7 @@ def _native_cpuid_policy() -> dict[tuple[int, int], tuple[int, int, int, int]]:
 
 
 def xen_leaf(vcpu: "Vcpu", leaf: int, sub: int) -> tuple[int, int, int, int]:
-    from miniguest.hypervisor.version import XEN_MAJOR, XEN_MINOR
+    from miniguest.hypervisor.common.kernel import XEN_MAJOR, XEN_MINOR
     idx = leaf - XEN_CPUID_BASE
     if idx == 0:
         return (XEN_CPUID_BASE + XEN_CPUID_MAX_LEAF, 0x566E6558, 0x65584D4D, 0x4D4D566E)  # "XenVMMXenVMM"

@@ -29,7 +29,7 @@ MAX_RESTARTS = 16
 #   register(subparsers)                   add its own subcommands
 #   add_domain_options(parser)             add options to boot (and other commands that build a domain)
 #   configure_domain(domain, args)         act on those options once the domain is built
-COMMAND_MODULES = ("miniguest.debug.commands", "miniguest.regress.commands")
+COMMAND_MODULES = ("miniguest.cli.debug", "miniguest.cli.regress")
 
 
 def _feature_modules() -> list:
@@ -52,7 +52,7 @@ def _err(msg: str) -> None:
 def _resolve_image(arg: Optional[str]) -> tuple[str, dict]:
     """IMAGE | CONFIG.cfg | SAMPLE -> (kernel path, options from a config file)."""
     from miniguest import samples
-    from miniguest.xlcfg import parse_xl_config
+    from miniguest.toolstack.xlcfg import parse_xl_config
     arg = arg or samples.DEFAULT
     if arg.endswith(".cfg") and os.path.exists(arg):
         cfg = parse_xl_config(arg)
@@ -92,7 +92,7 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_from_args(args: argparse.Namespace, console_sinks: list):
-    from miniguest.toolstack import create_domain
+    from miniguest.toolstack.libxl import create_domain
     kernel, opts = _resolve_image(args.image)
     if args.memory is not None:
         opts["memory_mib"] = args.memory
@@ -124,8 +124,8 @@ def build_from_args(args: argparse.Namespace, console_sinks: list):
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from miniguest.hypervisor import domain as D
-    from miniguest.loader.elf import ImageError
-    from miniguest.xlcfg import ConfigError
+    from miniguest.toolstack.libelf import ImageError
+    from miniguest.toolstack.xlcfg import ConfigError
 
     sinks = []
     if not args.quiet:

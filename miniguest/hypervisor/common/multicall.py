@@ -8,8 +8,8 @@ from unicorn.x86_const import UC_X86_REG_RAX
 
 from miniguest.abi import errno
 from miniguest.abi.xen import HYPERVISOR_iret, HYPERVISOR_multicall
-from miniguest.hypervisor import hypercalls
-from miniguest.hypervisor.hypercalls import hypercall
+from miniguest.hypervisor import hypercall as hypercalls
+from miniguest.hypervisor.hypercall import hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

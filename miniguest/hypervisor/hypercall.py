@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.xen import HYPERCALL_NAMES
-from miniguest.hypervisor.events import EvtchnError
-from miniguest.hypervisor.memory import GuestFault
-from miniguest.hypervisor.pagetable import PageTypeError
+from miniguest.hypervisor.common.event_channel import EvtchnError
+from miniguest.hypervisor.ram import GuestFault
+from miniguest.hypervisor.x86.page_types import PageTypeError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -115,6 +115,8 @@ def load_families() -> None:
     global _loaded
     if _loaded:
         return
-    from miniguest.hypervisor import (console_io, ctlops, events_op, gnttab, memory_op, mm,  # noqa: F401
-                                      multicall, physdev, sched, time, traps, vcpu_op, version)
+    from miniguest.hypervisor.common import (console, domctl, event_channel_op, grant_table,  # noqa: F401
+                                             kernel, memory, multicall, sched, time, vcpu_op)
+    from miniguest.hypervisor.pv import traps  # noqa: F401
+    from miniguest.hypervisor.x86 import mm, physdev  # noqa: F401
     _loaded = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from miniguest.abi.xen import CONSOLEIO_read, CONSOLEIO_write, HYPERVISOR_console_io
-from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
+from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from miniguest.abi import errno
 from miniguest.abi.physdev import PHYSDEVOP_NAMES, PHYSDEVOP_set_iopl
 from miniguest.abi.xen import HYPERVISOR_physdev_op
-from miniguest.hypervisor.hypercalls import UnknownSubop, hypercall
+from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu

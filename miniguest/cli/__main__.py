@@ -1,0 +1,4 @@
+"""`python -m miniguest.cli`."""
+from miniguest.cli.main import main
+
+raise SystemExit(main())
