@@ -54,6 +54,9 @@ EFLAGS_CLEAR_ON_BOUNCE = EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM | EFLAGS_
 CR0_GUEST = 0x80050033        # PG | AM | WP | NE | ET | MP | PE
 CR4_GUEST = 0x000006A0        # OSXMMEXCPT | OSFXSR | PGE | PAE
 EFER_GUEST = 0xD01            # NXE | LMA | LME | SCE
+CR4_DE = 1 << 3               # the %cr4 bit a PV guest controls here (Xen's pv_fixup_guest_cr4)
+DR6_DEFAULT = 0xFFFF0FF0      # %dr6 / %dr7 as a vCPU starts (Xen's X86_DR6_DEFAULT / X86_DR7_DEFAULT)
+DR7_DEFAULT = 0x400
 
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
              "r14", "r15", "rip", "rflags")
@@ -106,6 +109,8 @@ class Vcpu:
         self.gs_base_user = 0
         self.fs_base = 0
         self.cr0_ts = False
+        self.cr4_ctl = 0              # the guest-controlled %cr4 bits (CR4_DE)
+        self.debugreg = [0, 0, 0, 0, 0, 0, DR6_DEFAULT, DR7_DEFAULT]   # the guest's view of %dr0-7
         self.iopl = 0                 # Xen's virtual IOPL (0-3): PHYSDEVOP_set_iopl / architectural_iopl
         self.cpuid_faulting = False   # MSR_INTEL_MISC_FEATURES_ENABLES.CPUID_FAULTING
         self.gdt_frames: list[int] = []
@@ -376,8 +381,9 @@ class Vcpu:
         error_code, is_int = read_exception_state(self.uc)
         rip = self.rip
         from miniguest.hypervisor.pv import emul_priv_op as privop
+        from miniguest.hypervisor.pv import traps
         if is_int:
-            privop.software_interrupt(self, intno, rip)
+            traps.software_interrupt(self, intno, rip)
         elif intno == TRAP_gp_fault and privop.emulate_gp(self, rip, error_code):
             pass
         else:
@@ -394,16 +400,16 @@ class Vcpu:
             self.deliver_events()
 
     def _on_invalid_insn(self, uc: Uc, _: object) -> bool:
-        from miniguest.hypervisor.pv import emul_priv_op as privop
-        self._guard(privop.invalid_opcode, self)
+        from miniguest.hypervisor.pv.emul_inv_op import emulate_invalid_op
+        self._guard(emulate_invalid_op, self)
         return True
 
     def _on_sysenter(self, uc: Uc, _: object) -> None:
         # Unicorn runs this hook in place of the instruction, then adds its length (2) to RIP, as for syscall.
-        from miniguest.hypervisor.pv import emul_priv_op as privop
+        from miniguest.hypervisor.pv.traps import sysenter_entry
         self.in_syscall_hook = True
         try:
-            self._guard(privop.sysenter_instruction, self)
+            self._guard(sysenter_entry, self)
         finally:
             self.in_syscall_hook = False
 
@@ -449,7 +455,7 @@ class Vcpu:
 
     def _on_io_intercept(self, uc: Uc, addr: int, size: int, _: object) -> None:
         from miniguest.hypervisor.pv import emul_priv_op as privop
-        code = privop._fetch(self, addr, 16)
+        code = privop.fetch_insn_bytes(self, addr, 16)
         n, io = privop.count_block_instructions(code, addr)
         if io and io[0] == addr:
             self._guard(privop.io_instruction, self, addr)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from miniguest.hypervisor.x86.page_types import OWNER_NONE, OWNER_XEN, TYPE_NAMES
 from miniguest.hypervisor.common.timer import Timers
-from miniguest.hypervisor.vcpu import TrapEntry
+from miniguest.hypervisor.vcpu import CR4_DE, TrapEntry
 
 from . import snapbackends, snapcpu
 from .faults import delayed_notifications, schedule_redelivery
@@ -55,7 +55,7 @@ VCPU_INTS = ("event_callback", "failsafe_callback", "syscall_callback", "nmi_cal
 VCPU_BOOLS = ("kernel_mode", "syscall_mask_events", "failsafe_mask_events", "cr0_ts", "started", "blocked",
               "hold_events", "cpuid_faulting")
 VCPU_SPECIAL = ("trap_table", "gdt_frames", "vcpu_info_view", "vcpu_info_mfn", "poll_ports", "poll_deadline",
-                "compat_callbacks", "ldt", "intercepted", "timer")
+                "compat_callbacks", "ldt", "intercepted", "timer", "cr4_ctl", "debugreg")
 # Live objects and state that only exists inside a run slice or a hypercall (empty between slices).
 VCPU_RUNTIME = ("domain", "id", "uc", "hc_regs", "gprs", "frame_regs", "aspace", "in_syscall_hook",
                 "stop_reason", "in_multicall", "pending_intercepts")
@@ -188,6 +188,8 @@ def _capture_vcpu(domain: "Domain", v: Any) -> dict[str, Any]:
     pv["poll_deadline"] = v.poll_deadline
     pv["compat_callbacks"] = [[t, a, m] for t, (a, m) in sorted(v.compat_callbacks.items())]
     pv["ldt"] = list(v.ldt)
+    pv["cr4_ctl"] = v.cr4_ctl
+    pv["debugreg"] = list(v.debugreg)
     return {"id": v.id, "pv": pv, "regs": snapcpu.capture(v), "period": v.timer.period,
             "intercepted": sorted(v.intercepted)}
 
@@ -391,6 +393,16 @@ def _restore_vcpu(domain: "Domain", v: Any, f: Fields) -> None:
     if len(ldt) != 2:
         raise SnapshotError(f"snapshot: vcpus[{v.id}].pv.ldt must be [base, entries]")
     v.ldt = (ldt[0], ldt[1])
+    # Carried since the debug/control register state moved onto the vCPU; older files start with the reset
+    # values, as they did when they were written.
+    if "cr4_ctl" in pv.obj:
+        v.cr4_ctl = pv.int("cr4_ctl", 0, CR4_DE)
+        if v.cr4_ctl & ~CR4_DE:
+            raise SnapshotError(f"snapshot: vcpus[{v.id}].pv.cr4_ctl holds bits a PV guest cannot set")
+        drs = pv.ints("debugreg", 0, (1 << 64) - 1, 8)
+        if len(drs) != 8:
+            raise SnapshotError(f"snapshot: vcpus[{v.id}].pv.debugreg must be 8 integers")
+        v.debugreg = list(drs)
     v.timer.period = f.int("period")
     regs = f.obj.get("regs")
     problems = snapcpu.check(regs, f"vcpus[{v.id}].regs")

@@ -176,6 +176,28 @@ def test_every_vcpu_attribute_is_accounted_for():
     assert vcpu_module.Vcpu is type(dom.vcpus[0])
 
 
+def test_debug_and_cr4_state_is_carried():
+    """%cr4.DE and the debug registers a guest set survive a snapshot; a file without them (written before
+    they were carried) restores the reset values."""
+    dom, _ = stopped_after(SELFTEST, 5, cmdline="usermode")
+    v = dom.vcpus[0]
+    v.cr4_ctl = vcpu_module.CR4_DE
+    v.debugreg[0] = 0x1234000
+    v.debugreg[7] = 0x400 | (1 << 13)
+    snap = Snapshot.from_bytes(Snapshot.capture(dom).to_bytes())
+    r = snap.restore().vcpus[0]
+    assert (r.cr4_ctl, r.debugreg) == (vcpu_module.CR4_DE, v.debugreg)
+    old = Snapshot.capture(dom)
+    for name in ("cr4_ctl", "debugreg"):
+        del old.container.header["vcpus"][0]["pv"][name]
+    r = Snapshot.from_bytes(old.to_bytes()).restore().vcpus[0]
+    assert (r.cr4_ctl, r.debugreg[6:]) == (0, [vcpu_module.DR6_DEFAULT, vcpu_module.DR7_DEFAULT])
+    bad = Snapshot.capture(dom)
+    bad.container.header["vcpus"][0]["pv"]["cr4_ctl"] = 1
+    with pytest.raises(SnapshotError, match="cr4_ctl"):
+        Snapshot.from_bytes(bad.to_bytes()).restore()
+
+
 def test_every_domain_attribute_is_accounted_for():
     dom, _ = traced(MINIOS, cmdline="ticks=1")
     dom.run()

@@ -1,5 +1,6 @@
 """Trap and callback hypercalls: set_trap_table, set_callbacks, callback_op, iret, stack_switch,
-set_segment_base, fpu_taskswitch, set_gdt, update_descriptor."""
+set_segment_base, fpu_taskswitch, set_gdt, update_descriptor; and the trap-table entries the CPU reaches
+without an exception: software interrupts (`int N`) and SYSENTER."""
 from __future__ import annotations
 
 import struct
@@ -8,8 +9,9 @@ from typing import TYPE_CHECKING, Optional
 from unicorn import x86_const as X
 
 from miniguest.abi import errno
-from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_ENTRY, SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER,
-                                    SEGBASE_GS_USER_SEL, VGCF_in_syscall, MSR_FS_BASE, MSR_GS_BASE)
+from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_ENTRY, FLAT_USER_SS64, MSR_FS_BASE, MSR_GS_BASE,
+                                    SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL,
+                                    TI_MASK_EVENTS, TRAP_gp_fault, VGCF_in_syscall)
 from miniguest.abi.callback import (CALLBACKF_mask_events, CALLBACKOP_register, CALLBACKOP_unregister,
                                     CALLBACKTYPE_event, CALLBACKTYPE_failsafe, CALLBACKTYPE_nmi,
                                     CALLBACKTYPE_syscall, CALLBACKTYPE_syscall32, CALLBACKTYPE_sysenter)
@@ -236,3 +238,38 @@ def update_descriptor(vcpu: "Vcpu", ma: int, desc: int) -> int:
     dom.frames.put_type(mfn)
     return 0
 
+
+# -- trap-table entries reached without a CPU exception -------------------------------------------------
+def software_interrupt(vcpu: "Vcpu", vector: int, rip_after: int) -> None:
+    """`int N`, `int3`: deliver vector N if the trap table allows it from this mode, else #GP((N<<3)|2)."""
+    ti = vcpu.trap_table[vector]
+    dpl = ti.flags & 3
+    needed = 1 if vcpu.kernel_mode else 3
+    if vector in (3, 4) or dpl >= needed:
+        vcpu.domain.trace_exception(vcpu, vector, None, rip_after, None, software=True)
+        if not ti.address:
+            raise GuestCrash(f"software interrupt {vector} with no handler in the trap table")
+        vcpu.bounce(ti.address, None, bool(ti.flags & TI_MASK_EVENTS), rip_after)
+        return
+    vcpu.inject_exception(TRAP_gp_fault, (vector << 3) | 2, rip_after - 2)
+
+
+def sysenter_entry(vcpu: "Vcpu") -> None:
+    """SYSENTER from a 64-bit PV guest (an Intel CPU: AMD has none in long mode). Xen's sysenter_entry
+    records a frame with rip 0, a null cs with RPL 3, rsp 0 and FLAT_USER_SS (the guest's registers stay
+    as the SYSEXIT convention leaves them), then bounces to the sysenter callback, or to the #GP handler
+    with error code 0 when none is registered. From guest kernel mode the frame would be built at that
+    %rsp 0: Xen crashes the domain."""
+    if vcpu.kernel_mode:
+        raise GuestCrash("sysenter in guest kernel mode (Xen would build the bounce frame at %rsp 0)")
+    frame = (0, 3, 0, FLAT_USER_SS64)
+    address, mask = vcpu.compat_callbacks.get(CALLBACKTYPE_sysenter, (0, False))
+    if address:
+        vcpu.bounce(address, None, mask, frame=frame)
+    else:
+        ti = vcpu.trap_table[TRAP_gp_fault]
+        vcpu.domain.trace_exception(vcpu, TRAP_gp_fault, 0, 0, None)
+        if not ti.address:
+            raise GuestCrash("sysenter with no sysenter callback and no #GP handler")
+        vcpu.bounce(ti.address, 0, bool(ti.flags & TI_MASK_EVENTS), frame=frame)
+    vcpu.deliver_events()
