@@ -165,3 +165,9 @@ def test_socket_clients_are_privileged_and_see_errors(served):
     while time.monotonic() < deadline and lt.run(lambda: len(d.connections)) > 1:
         time.sleep(0.02)
     assert lt.run(lambda: len(d.connections)) == 1
+
+
+def test_socket_is_for_its_owner_only(served):
+    """Every socket client is dom0: the file mode is the boundary (C xenstored chmods its socket 0600)."""
+    d, path, lt = served
+    assert os.stat(path).st_mode & 0o777 == 0o600

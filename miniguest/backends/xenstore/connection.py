@@ -98,6 +98,7 @@ class Connection:
         self.outstanding = 0       # replies queued and not fully sent
         self._queued_events: dict[bytes, int] = {}   # for collapsing duplicate pending events
         self.closed = False
+        self._overflow_logged = False
         self._after_reply: list[Callable[[], None]] = []
 
     # -- output --------------------------------------------------------------------------------------------
@@ -113,18 +114,38 @@ class Connection:
             self.outstanding += 1
         self.daemon.mark_dirty(self)
 
+    def output_full(self) -> bool:
+        """Flow control: True while the client is not consuming what we queued for it, so its transport stops
+        reading requests (C xenstored's domain_can_read: outstanding replies or memory over quota;
+        oxenstored's can_input for every connection). It applies to privileged clients too, with
+        oxenstored's larger reply count: a dom0 tool that never reads cannot make us buffer without bound."""
+        q = self.daemon.quotas
+        limit = q.outstanding_privileged if self.privileged else q.outstanding
+        return self.outstanding >= limit or self.out_bytes >= q.memory
+
     def queue_event(self, path: str, token: bytes) -> None:
         """Queue a WATCH_EVENT (req_id and tx_id 0). Identical pending events collapse into one; events are
-        dropped, as C xenstored drops them, when they would not fit a payload or the memory quota."""
+        dropped, as C xenstored drops them, when they would not fit a payload or the memory quota. A
+        privileged connection over the quota is `overflowed()` instead (a socket client is disconnected)."""
         payload = path.encode("ascii") + b"\0" + token + b"\0"
         if len(payload) > W.XENSTORE_PAYLOAD_MAX:
             return
         data = pack(W.XS_WATCH_EVENT, 0, 0, payload)
         if not path.startswith("@") and data in self._queued_events:
             return
-        if not self.privileged and self.out_bytes + len(data) > self.daemon.quotas.memory:
+        if self.out_bytes + len(data) > self.daemon.quotas.memory:
+            if self.privileged:
+                self.overflowed()
             return
         self._queue(data, True)
+
+    def overflowed(self) -> None:
+        """A privileged client's queued output reached the memory quota and a watch event had to be dropped.
+        Transports that can tell the client (a socket: disconnect) override this; it must not close the
+        connection at once (we are inside fire_watches), only arrange it from `flush()`."""
+        if not self._overflow_logged:
+            self._overflow_logged = True
+            log.warning("xenstore: dom%d is not consuming its watch events; dropping events", self.domid)
 
     def watch_fired(self, watch: Watch, name: str) -> None:
         """`watch` matched a change of `name` (also the initial firing on registration)."""

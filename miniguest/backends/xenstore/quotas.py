@@ -1,7 +1,9 @@
 """Per-domain limits, with C xenstored's defaults (tools/xenstored/domain.c `hard_quotas`).
 
 Quotas apply to unprivileged domains only; dom0 (its ring or the Unix socket) bypasses them, as in C xenstored.
-The one exception is the path length: Xen 4.17's xenstored checks it for every caller, and so do we.
+The exceptions are the path length (Xen 4.17's xenstored checks it for every caller, and so do we) and the bounds
+on queued output (`outstanding_privileged`, `memory`), which are flow control rather than quotas: a client that
+does not read what we send it is not read from, whoever it is.
 """
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ class Quotas:
     watches: int = 128
     #: requests whose reply the guest has not consumed yet; at the limit we stop reading its ring (no errno)
     outstanding: int = 20
-    #: bytes of queued replies and watch events per connection; watch events beyond it are dropped
+    #: the same for privileged clients (dom0: the Unix socket, a dom0 ring): flow control only, oxenstored's
+    #: maxoutstanding; C xenstored has no bound there, which let a socket client that never reads grow us
+    outstanding_privileged: int = 1024
+    #: bytes of queued replies and watch events per connection, for every client: at the limit we stop reading
+    #: its requests; watch events beyond it are dropped (a privileged socket client is disconnected instead)
     memory: int = 2 * 1024 * 1024 + 512 * 1024
     #: open transactions per connection (one more -> ENOSPC)
     transactions: int = 10

@@ -5,8 +5,8 @@ step and checked: more than XENSTORE_RING_SIZE bytes between consumer and produc
 a header announcing more than XENSTORE_PAYLOAD_MAX bytes is XENSTORE_ERROR_PROTO. Either stops service for
 this domain only (the error field tells the guest why) until it asks to reconnect. We read a message only as
 far as it has arrived and resume on the next notification; replies that do not fit wait in a queue and go out
-as the guest consumes. An unprivileged guest with `outstanding` unconsumed replies is not read from until it
-consumes some, which bounds what it can make us buffer (XSA-326/416).
+as the guest consumes. A guest with `outstanding` unconsumed replies (or `memory` bytes of queued output) is not
+read from until it consumes some, which bounds what it can make us buffer (XSA-326/416).
 """
 from __future__ import annotations
 
@@ -143,8 +143,8 @@ class RingConnection(Connection):
 
     def _read_in(self) -> None:
         while not self.error and not self.closed:
-            if not self.privileged and self.outstanding >= self.daemon.quotas.outstanding:
-                return  # wait until the guest consumes replies
+            if self.output_full():
+                return  # wait until the guest consumes replies (it notifies when it does)
             have = len(self._in)
             if have < HEADER.size:
                 need = HEADER.size - have
