@@ -1,6 +1,6 @@
 """`miniguest trace record|show|diff|export` and the `--inject RULE` boot option (a cli feature module).
 
-    miniguest trace record IMAGE -o run.jsonl [--perfetto run.json] [boot options, --inject RULE ...]
+    miniguest trace record IMAGE -o run.jsonl [--normalise] [--perfetto run.json] [boot options, --inject ...]
     miniguest trace show run.jsonl [--kind K] [--name N] [--json]
     miniguest trace diff a.jsonl b.jsonl [--context N] [--ignore FIELD]   exit 0 equal, 1 different
     miniguest trace export run.jsonl -o run.json                          Chrome/Perfetto trace-event JSON
@@ -55,6 +55,9 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--perfetto", metavar="FILE", help="also write a Chrome/Perfetto trace-event JSON file")
     rec.add_argument("--kinds", metavar="K,K", help="record only these kinds (default: all)")
     rec.add_argument("--no-decode", action="store_true", help="do not decode hypercall argument structs")
+    rec.add_argument("--normalise", "--normalize", action="store_true",
+                     help="write the normal form of golden files: pointers and call sites by symbol, no raw "
+                          "addresses or image hash (compare with tests/golden/*.jsonl)")
     rec.set_defaults(func=cmd_record)
     show = sub.add_parser("show", help="print a trace, one line per record")
     show.add_argument("trace")
@@ -144,9 +147,13 @@ def cmd_record(args: argparse.Namespace) -> int:
         return cli.EXIT_ERROR
     meta = image_meta(kernel, dom, args.inject)
     kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
+    if args.normalise:
+        from miniguest.regress.normalise import AddressNames, normalise_record, normalised_meta
+        names = AddressNames.from_domain(dom)
+        meta = normalised_meta(meta)
 
     def write(rec: TraceRecord) -> None:
-        out.write(rec.to_json() + "\n")
+        out.write((normalise_record(rec, names) if args.normalise else rec).to_json() + "\n")
 
     with out:
         out.write(header_line(meta) + "\n")
@@ -193,9 +200,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from miniguest.regress.tracefile import diff, format_divergence
+    from miniguest.regress.normalise import is_normalised
     a = _load(args.a)
     b = _load(args.b)
     if a is None or b is None:
+        return EXIT_TROUBLE
+    if is_normalised(a.meta) != is_normalised(b.meta):
+        norm, raw = (args.a, args.b) if is_normalised(a.meta) else (args.b, args.a)
+        _err(f"{norm} is a normalised trace (a golden) and {raw} is not: record it with "
+             "`miniguest trace record --normalise`")
         return EXIT_TROUBLE
     div = diff(a.records, b.records, context=max(0, args.context), ignore=args.ignore)
     if div is None:

@@ -405,7 +405,7 @@ def _trap_table_in(ctx: Ctx) -> Fields:
 def _callback_register_in(ctx: Ctx) -> Fields:
     ctype, flags, address = ctx.unpack("<HH4xQ", ctx.args[1])
     return {"type": CALLBACKTYPE_NAMES.get(ctype, ctype), "flags": flags,
-            "address": address, "handler": ctx.symbol(address)}
+            "address": address, "handler": ctx.symbol(address) if address else None}
 
 
 @inputs("callback_op", "unregister")
@@ -416,7 +416,7 @@ def _callback_unregister_in(ctx: Ctx) -> Fields:
 
 @inputs("set_callbacks")
 def _set_callbacks_in(ctx: Ctx) -> Fields:
-    return {k: ctx.symbol(a) or a for k, a in zip(("event", "failsafe", "syscall"), ctx.args[:3])}
+    return {k: (ctx.symbol(a) or a) if a else 0 for k, a in zip(("event", "failsafe", "syscall"), ctx.args[:3])}
 
 
 @inputs("stack_switch")

@@ -173,12 +173,17 @@ class Golden:
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name if name.endswith(".jsonl") else name + ".jsonl")
 
-    def check(self, name: str, run: Any, ignore: Iterable[str] = ()) -> None:
-        """Fail the test at the first divergence from the golden trace `name` (records or a GuestRun)."""
+    def check(self, name: str, run: Any, ignore: Iterable[str] = (), domain: Any = None) -> None:
+        """Fail the test at the first divergence from the golden trace `name` (a GuestRun, or records with
+        the `domain` they came from). Traces are compared in their normal form (miniguest.regress.normalise):
+        a rebuilt guest that behaves the same still matches."""
         from miniguest.regress.golden import check as golden_check
+        from miniguest.regress.normalise import NO_NAMES, AddressNames
         records = run.trace if isinstance(run, GuestRun) else list(run)
         meta = run.meta() if isinstance(run, GuestRun) else None
-        res = golden_check(self.path(name), records, meta, update=self.update, ignore=ignore)
+        domain = run.domain if isinstance(run, GuestRun) else domain
+        names = AddressNames.from_domain(domain) if domain is not None else NO_NAMES
+        res = golden_check(self.path(name), records, meta, update=self.update, ignore=ignore, names=names)
         if res.problem:
             pytest.fail(res.problem, pytrace=False)
 
