@@ -29,7 +29,9 @@ from miniguest.hypervisor.x86.page_types import OWNER_NONE, OWNER_XEN, TYPE_NAME
 from miniguest.hypervisor.common.timer import Timers
 from miniguest.hypervisor.vcpu import CR4_DE, TrapEntry
 
-from . import snapbackends, snapcpu
+from miniguest.hypervisor import vcpu_regs as snapcpu
+
+from . import snapbackends
 from .faults import delayed_notifications, schedule_redelivery
 from .snapfile import Container, Fields, SnapshotError, latin1, unlatin1
 

@@ -22,7 +22,7 @@ from unicorn import x86_const as X
 from miniguest.hypervisor.unicorn_x86 import read_exception_state
 from miniguest.hypervisor.x86.xen_area import ENTRY_STUB_VA, HV_STACK_VA
 
-from .snapfile import SnapshotError
+from miniguest.regress.snapfile import SnapshotError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
