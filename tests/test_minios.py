@@ -126,7 +126,7 @@ def test_page_tables_after_init_mm(default_run: tuple[Domain, HypercallRecorder]
     pinned = sum(dom.frames.pinned)
     assert pinned >= 1 + (dom.nr_pages * PAGE - dom.layout.virt_pgtab_end) // (2 << 20) + 3
     gnt = aspace.walk(0x8000000000)
-    assert gnt is not None and gnt[0] >> 12 == dom.grant_frames[0]
+    assert gnt is not None and gnt[0] >> 12 == dom.grants.frames[0]
     shared = dom.symbols.address_of("shared_info")
     assert aspace.walk(shared)[0] >> 12 == dom.xen.shared_info_mfn
 

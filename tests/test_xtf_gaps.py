@@ -210,7 +210,7 @@ def test_grant_mapping_references(xtfgaps2):
     assert f["gnt_unmap_and_replace"] == "0" and f["gnt_moved_mapping_reads"] == str(0x5A)
     assert f["gnt_unmap_where_it_was"] == "-1" and f["gnt_unmap_where_it_is"] == "0"
     assert f["gnt_unmapped_pin_l1"] == f["gnt_unpin"] == "0"
-    assert not any(dom.grant_maptrack)
+    assert not any(dom.grants.maptrack)
     assert not audit(dom.frames, dom.domid, type_roots(dom))
 
 
@@ -222,7 +222,7 @@ def test_no_snapshot_with_grants_mapped():
     from guestlib import SELFTEST
     dom = Domain.from_elf(SELFTEST, cmdline="layout")
     dom.run()
-    dom.grant_maptrack.append(GrantMap(8, GNTMAP_host_map, dom.p2m[0]))
+    dom.grants.maptrack.append(GrantMap(8, GNTMAP_host_map, dom.p2m[0]))
     with pytest.raises(SnapshotError, match="grants mapped"):
         Snapshot.capture(dom)
     dom.close()

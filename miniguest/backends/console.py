@@ -17,12 +17,16 @@ from typing import Callable, Optional
 
 from miniguest.abi.console import (CONS_IN, CONS_IN_CONS, CONS_IN_PROD, CONS_OUT, CONS_OUT_CONS, CONS_OUT_PROD,
                                    XENCONS_IN_SIZE, XENCONS_OUT_SIZE)
+from miniguest.hypervisor.save import Fields, restore_object, save_object
 
 _U32 = struct.Struct("<I")
 MASK32 = 0xFFFFFFFF
 
 
 class ConsoleBackend:
+    # Not plain data: the page, the callbacks. Everything else is saved as it is (save_object).
+    NOT_SAVED = frozenset({"page", "notify", "output", "report"})
+
     def __init__(self, page: memoryview, notify: Callable[[], None], output: Callable[[bytes], None],
                  report: Callable[[str], None] = lambda msg: None) -> None:
         self.page = page
@@ -94,6 +98,12 @@ class ConsoleBackend:
         self._set(CONS_IN_PROD, prod + n)
         return True
 
+    def save(self) -> dict:
+        return save_object(self, self.NOT_SAVED)
+
+    def restore(self, f: Fields) -> None:
+        restore_object(self, f.obj, self.NOT_SAVED, f.where)
+
 
 HV = "hypervisor"
 RING = "ring"
@@ -110,6 +120,8 @@ class ConsoleLog:
     again. Unfinished lines (a prompt) are shown when the guest goes idle (`flush`); a partial line that
     the other source already showed in full, or that the other source completes, is not repeated.
     """
+
+    NOT_SAVED = frozenset({"sinks"})
 
     def __init__(self, sinks: Optional[list[Callable[[bytes], None]]] = None) -> None:
         self.sinks: list[Callable[[bytes], None]] = list(sinks or [])
@@ -196,3 +208,9 @@ class ConsoleLog:
     @property
     def text(self) -> str:
         return self.merged.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def save(self) -> dict:
+        return save_object(self, self.NOT_SAVED)
+
+    def restore(self, f: Fields) -> None:
+        restore_object(self, f.obj, self.NOT_SAVED, f.where)

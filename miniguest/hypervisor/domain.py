@@ -19,10 +19,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from miniguest.abi.memory import E820_RAM
 from miniguest.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 from miniguest.hypervisor.common.event_channel import EventChannels
+from miniguest.hypervisor.common.grant_table import MAX_GRANT_FRAMES, GrantTable
+from miniguest.hypervisor.common.sched import rearm_watchdog
+from miniguest.hypervisor.common.timer import Timers
 from miniguest.hypervisor.host import Host
 from miniguest.hypervisor.ram import MachineMemory
+from miniguest.hypervisor.save import Fields, StateError, latin1, pack_array, unlatin1, unpack_array
 from miniguest.hypervisor.x86.page_types import FrameTable
-from miniguest.hypervisor.common.timer import Timers
 from miniguest.hypervisor.vclock import VirtualClock
 from miniguest.hypervisor.x86.xen_area import XenArea, xen_frames_needed
 
@@ -42,7 +45,7 @@ BUDGET = "budget"               # instruction budget exhausted
 HUNG = "hung"                   # blocked with nothing that could ever wake it
 STOPPED = "stopped"             # the host stopped it (Ctrl-C, API)
 FINAL_STATES = frozenset({SHUTDOWN, CRASHED, BUDGET, HUNG, STOPPED})
-MAX_GRANT_FRAMES = 32
+SAVABLE_STATES = frozenset({CREATED, PAUSED}) | FINAL_STATES     # a running domain cannot be saved
 # With host input possible (a terminal, a socket), run slices end at least this often (instructions) so
 # the host side is serviced while a guest computes.
 HOST_POLL_SLICE = 2_000_000
@@ -99,10 +102,8 @@ class Domain:
         self.p2m = mfns
         for mfn in mfns:
             self.frames.owner[mfn] = self.domid
-        self.grant_frames = list(range(self.nr_pages, self.nr_pages + MAX_GRANT_FRAMES))
-        self.grant_nr_frames = 0
-        self.grant_maptrack: list = []          # gnttab.GrantMap by handle (None: free)
-        for mfn in self.grant_frames:
+        self.grants = GrantTable(list(range(self.nr_pages, self.nr_pages + MAX_GRANT_FRAMES)))
+        for mfn in self.grants.frames:
             self.frames.owner[mfn] = self.domid
         self.xen = XenArea(self.mem, self.frames, self.nr_pages + MAX_GRANT_FRAMES)
         self.frames.owner[self.xen.shared_info_mfn] = self.domid     # shared with the guest
@@ -361,3 +362,116 @@ class Domain:
 
     def close(self) -> None:
         self.host.remove_domain(self)
+
+    # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
+    SAVED_FIELDS = ("nr_pages", "tot_pages", "max_pages", "vm_assist")
+
+    def check_frame(self, mfn: object, where: str, owned: bool = True) -> int:
+        """A frame number read from a saved record: a machine frame of this domain (owned by it)."""
+        if not isinstance(mfn, int) or isinstance(mfn, bool) or not 0 <= mfn < self.mem.nr_frames:
+            raise StateError(f"{where} is not a machine frame of this domain")
+        if owned and self.frames.owner[mfn] != self.domid:
+            raise StateError(f"{where} is a frame the domain does not own")
+        return mfn
+
+    def save(self) -> tuple[dict, dict[str, bytes]]:
+        """The domain's state as record parts ("domain", "clock", "timers", "events", "vcpus") and binary
+        sections ("memory", "frames.*", "p2m"), each part saved by the object it describes."""
+        if self.state not in SAVABLE_STATES:
+            raise StateError(f"the domain is {self.state}: stop it first (run(until=...) or pause())")
+        domain = {name: getattr(self, name) for name in self.SAVED_FIELDS}
+        domain.update(self.grants.save())
+        domain.update({"domid": self.domid, "nr_frames": self.mem.nr_frames, "state": self.state,
+                       "shutdown_reason": self.shutdown_reason, "shutdown_code": self.shutdown_code,
+                       "crash_report": self.crash_report, "messages": list(self.messages),
+                       "logged": [_key_to_json(k) for k in sorted(self._logged, key=repr)],
+                       "hv_console_input": latin1(self.hv_console_input), "watchdogs": sorted(self.watchdogs),
+                       "xen_gdt_frames": self.xen.save_gdt()})
+        record = {"domain": domain, "clock": self.clock.save(), "timers": self.timers.save(),
+                  "events": self.events.save(), "vcpus": [v.save() for v in self.vcpus]}
+        sections = {"memory": self.mem.save(), "p2m": pack_array("Q", self.p2m)}
+        sections.update({f"frames.{name}": raw for name, raw in self.frames.save().items()})
+        return record, sections
+
+    def restore(self, record: Fields, sections: dict[str, bytes], memory_image: bytes) -> None:
+        """Take back a save() into this domain, freshly built from the same configuration and kernel, with
+        dom0's event channel ends bound again. `memory_image` is MachineMemory.expand_saved(sections["memory"])
+        (a caller restoring many times keeps it)."""
+        f = record.sub("domain")
+        if f.int("domid") != self.domid:
+            raise StateError(f"domain id {f.obj['domid']} cannot be given on this host (got {self.domid}): "
+                             "restore into a new Host")
+        n = self.mem.nr_frames
+        if f.int("nr_frames") != n:
+            raise StateError(f"{f.obj['nr_frames']} machine frames, this configuration gives {n}")
+        self.mem.restore(memory_image)
+        self.frames.restore({name: sections[f"frames.{name}"] for name in ("owner", "type", "count", "pinned")},
+                            self.domid)
+        for name in self.SAVED_FIELDS:
+            setattr(self, name, f.int(name, 0, 1 << 40))
+        self.grants.restore(f)
+        p2m = unpack_array("Q", sections["p2m"], self.nr_pages, "p2m")
+        if any(m != INVALID_P2M and m >= n for m in p2m):
+            raise StateError("the p2m maps outside machine memory")
+        self.p2m = p2m
+        state = f.str("state")
+        if state not in SAVABLE_STATES:
+            raise StateError(f"domain.state {state!r} is not a stopped state")
+        self.state = state
+        self.shutdown_reason = f.str("shutdown_reason", optional=True)
+        self.shutdown_code = f.int("shutdown_code", 0, 255, optional=True)
+        self.crash_report = f.str("crash_report", optional=True)
+        messages = f.list("messages")
+        if not all(isinstance(m, str) for m in messages):
+            raise StateError("domain.messages must be strings")
+        self.messages = list(messages)
+        self._logged = {_key_from_json(k) for k in f.list("logged")}
+        self.hv_console_input = bytearray(unlatin1(f.str("hv_console_input"), "domain.hv_console_input"))
+        self.xen.restore_gdt(f.ints("xen_gdt_frames", 0, n - 1, 64), "domain.xen_gdt_frames")
+        self.events.restore(record.sub("events"))
+        vcpus = record.list("vcpus", 32)
+        if len(vcpus) != len(self.vcpus):
+            raise StateError(f"{len(vcpus)} vCPUs, the rebuilt domain has {len(self.vcpus)}")
+        for v, data in zip(self.vcpus, vcpus):
+            v.restore(Fields(data, f"vcpus[{v.id}]"))
+        self.clock.restore(record.sub("clock"))          # after the vCPUs' re-entry, which counted
+        self._restore_timers(record.list("timers", 1 << 16))
+        for wid in f.ints("watchdogs", 1, 2, 2):
+            self.watchdogs.setdefault(wid, -1)            # allocated, already fired: no timer left
+        for v in self.vcpus:
+            v.flush_tlb()
+
+    def _restore_timers(self, items: list) -> None:
+        self.watchdogs = {}
+        for v in self.vcpus:
+            v.timer.forget_armed()
+        nr_vcpus = len(self.vcpus)
+
+        def vcpu_timer(what: str):
+            def rearm(saved: Fields, deadline: int) -> None:
+                self.vcpus[saved.int("vcpu", 0, nr_vcpus - 1)].timer.rearm(what, deadline)
+            return rearm
+
+        self.timers.restore(items, {"singleshot": vcpu_timer("singleshot"), "periodic": vcpu_timer("periodic"),
+                                    "watchdog": lambda saved, deadline: rearm_watchdog(self, saved, deadline),
+                                    "delayed_event": self.events.rearm_delayed})
+
+
+INVALID_P2M = (1 << 64) - 1
+
+
+def _key_to_json(key: Any) -> Any:
+    """log_once keys (tuples of str/int) as JSON; others as their repr (then they may log once more)."""
+    if isinstance(key, tuple):
+        return {"t": [_key_to_json(k) for k in key]}
+    if isinstance(key, (str, int, bool)) or key is None:
+        return key
+    return repr(key)
+
+
+def _key_from_json(value: Any) -> Any:
+    if isinstance(value, dict) and isinstance(value.get("t"), list):
+        return tuple(_key_from_json(v) for v in value["t"])
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    raise StateError("domain.logged holds an unexpected key")

@@ -11,12 +11,12 @@ if TYPE_CHECKING:
 
 
 class Host:
-    def __init__(self) -> None:
+    def __init__(self, first_domid: int = 1) -> None:
         self.loop = HostLoop()
         self.dom0_evtchn = Dom0Evtchn()
         self.domains: dict[int, "Domain"] = {}
         self.services: dict[str, object] = {}       # dom0 daemons shared by all domains (xenstored)
-        self._next_domid = 1
+        self._next_domid = first_domid     # a restored domain keeps its id
 
     def allocate_domid(self) -> int:
         domid = self._next_domid

@@ -14,9 +14,11 @@ from typing import Optional, Type, TypeVar
 
 from miniguest.abi.arch_x86 import (HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, PAGE_SIZE, PTE_ADDR_MASK,
                                     _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER)
+from miniguest.hypervisor.save import StateError
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+_ZERO_PAGE = bytes(PAGE_SIZE)
 S = TypeVar("S", bound=ctypes.Structure)
 
 
@@ -80,8 +82,43 @@ class MachineMemory:
     def clear_frame(self, mfn: int) -> None:
         ctypes.memset(self.address + mfn * PAGE_SIZE, 0, PAGE_SIZE)
 
-    def snapshot(self) -> bytes:
-        return bytes(self.mv)
+    # -- saved state: a presence bitmap (bit i: frame i is not all zeros) followed by the non-zero frames --
+    def save(self) -> bytes:
+        data = ctypes.string_at(self.address, self.size)
+        n = self.nr_frames
+        bitmap = bytearray((n + 7) // 8)
+        pages = []
+        zero_at = data.startswith           # the fastest all-zero test on a bytes object (~0.2 us per frame)
+        for i in range(n):
+            off = i * PAGE_SIZE
+            if not zero_at(_ZERO_PAGE, off):
+                bitmap[i >> 3] |= 1 << (i & 7)
+                pages.append(data[off:off + PAGE_SIZE])
+        return bytes(bitmap) + b"".join(pages)
+
+    @staticmethod
+    def expand_saved(raw: bytes, nr_frames: int) -> bytes:
+        """The full memory image a `save()` stands for (checked against its bitmap)."""
+        nbm = (nr_frames + 7) // 8
+        if len(raw) < nbm:
+            raise StateError("the memory section is shorter than its bitmap")
+        bitmap = raw[:nbm]
+        present = sum(bin(b).count("1") for b in bitmap)
+        if len(raw) != nbm + present * PAGE_SIZE or (nr_frames % 8 and bitmap[-1] >> (nr_frames % 8)):
+            raise StateError("the memory section does not match its bitmap")
+        out = bytearray(nr_frames * PAGE_SIZE)
+        pos = nbm
+        for i in range(nr_frames):
+            if bitmap[i >> 3] >> (i & 7) & 1:
+                out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = raw[pos:pos + PAGE_SIZE]
+                pos += PAGE_SIZE
+        return bytes(out)
+
+    def restore(self, image: bytes) -> None:
+        """Load a full memory image (`expand_saved`, which a caller restoring often can keep)."""
+        if len(image) != self.size:
+            raise StateError("memory size differs from this configuration")
+        ctypes.memmove(self.address, image, len(image))
 
 
 class AddressSpace:

@@ -12,10 +12,13 @@ import ctypes
 import glob
 import importlib.util
 import os
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from unicorn import UC_HOOK_BLOCK
 from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+if TYPE_CHECKING:
+    from miniguest.hypervisor.save import Fields
 
 CACHE_SIZE = 1 << 16
 NEVER = (1 << 64) - 1
@@ -141,6 +144,14 @@ class VirtualClock:
             self.idle_ns += ns - now
 
     realtime = False
+
+    # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
+    def save(self) -> dict:
+        return {"icount": self.icount, "idle_ns": self.idle_ns}
+
+    def restore(self, f: "Fields") -> None:
+        self.icount = f.int("icount")
+        self.idle_ns = f.int("idle_ns")
 
     def flush_cache(self) -> None:
         """Forget block instruction counts (after guest code is rewritten in place by the hypervisor)."""

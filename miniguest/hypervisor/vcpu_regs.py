@@ -1,4 +1,4 @@
-"""The CPU half of a vCPU snapshot: Unicorn's registers as named plain integers, and their restore.
+"""The CPU half of a vCPU's saved state: Unicorn's registers as named plain integers, and their restore.
 
 Why not `uc.context_save()`: that blob is QEMU's CPUX86State for one Unicorn build (host pointers and
 layout included); a snapshot file must be readable by another build, documented and checkable. So the
@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 from unicorn import UcError
 from unicorn import x86_const as X
 
+from miniguest.hypervisor.save import StateError
 from miniguest.hypervisor.unicorn_x86 import read_exception_state
 from miniguest.hypervisor.x86.xen_area import ENTRY_STUB_VA, HV_STACK_VA
-
-from miniguest.regress.snapfile import SnapshotError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -46,7 +45,7 @@ WIDTH = {**{n: 64 for n in GPRS + CONTROL + ("fip", "fdp") + tuple(MSRS)}, **{n:
          "fpcw": 16, "fpsw": 16, "fptag": 16, "fop": 16, "mxcsr": 32}
 
 
-def capture(vcpu: "Vcpu") -> dict[str, Any]:
+def save(vcpu: "Vcpu") -> dict[str, Any]:
     """All register state of a stopped vCPU as plain data (ints; fp: [mantissa, exponent]; xmm: ints)."""
     uc = vcpu.uc
     regs: dict[str, Any] = {name: uc.reg_read(reg) for name, reg in _REG.items()}
@@ -117,10 +116,10 @@ def restore(vcpu: "Vcpu", regs: dict[str, Any], started: bool) -> None:
     try:
         uc.emu_start(ENTRY_STUB_VA, regs["rip"])
     except UcError as e:
-        raise SnapshotError(f"snapshot: the vCPU cannot re-enter the guest ({e})") from None
+        raise StateError(f"the vCPU cannot re-enter the guest ({e})") from None
     # Writing the selectors at CPL 0 leaves QEMU's "exception in progress" set: the guest's next fault
     # would become a #DF. Clear it as every exception hook does (unicorn_x86.read_exception_state).
     read_exception_state(uc)
     now = {name: uc.reg_read(_REG[name]) for name in ("rip", "cs", "ss", "rsp")}
     if any(now[name] != regs[name] for name in now):
-        raise SnapshotError("snapshot: the vCPU did not re-enter the guest at the saved rip/cs/ss/rsp")
+        raise StateError("the vCPU did not re-enter the guest at the saved rip/cs/ss/rsp")

@@ -24,7 +24,6 @@ wrote it or its absolute form. WHEN counts the rule's matching occurrences from 
 from __future__ import annotations
 
 import fnmatch
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
@@ -232,7 +231,6 @@ class FaultInjector:
         self.injected: list[dict[str, Any]] = []
         self.domain: Optional["Domain"] = None
         self._daemon: Any = None
-        self._redelivering = False
 
     # -- wiring -------------------------------------------------------------------------------------------
     def attach(self, domain: "Domain") -> "FaultInjector":
@@ -285,8 +283,6 @@ class FaultInjector:
     def event(self, domain: "Domain", port: int, direction: str) -> bool:
         """True if this notification was dropped or delayed (the caller must then not deliver it)."""
         self._bind(domain)
-        if self._redelivering:
-            return False
         taken = False
         p = domain.events.ports.get(port)
         virq = p.virq if p is not None and p.state == EVTCHNSTAT_virq else None
@@ -305,7 +301,7 @@ class FaultInjector:
             else:
                 deadline = domain.clock.now_ns() + rule.delay_ns
                 self._emit(rule, action="delay", port=port, dir=direction, delay_ns=rule.delay_ns)
-                schedule_redelivery(domain, port, direction, deadline, self)
+                domain.events.deliver_later(port, direction, deadline)
         return taken
 
     # -- xenstore (xenstored's message hook) ------------------------------------------------------------
@@ -332,49 +328,3 @@ class FaultInjector:
             return True
         absolute = path if path.startswith("/") else f"{conn.implicit_path}/{path}"
         return fnmatch.fnmatchcase(absolute, pattern)
-
-
-# Notifications held back in a domain's timer queue: timer handle -> (port, direction, deadline). Kept per
-# domain rather than per injector: they outlive the injector that delayed them (and snapshots carry them).
-_DELAYED: "weakref.WeakKeyDictionary[Domain, dict[int, tuple[int, str, int]]]" = weakref.WeakKeyDictionary()
-
-
-def delayed_notifications(domain: "Domain") -> dict[int, tuple[int, str, int]]:
-    """The notifications still held back for `domain`, by timer handle."""
-    return _DELAYED.setdefault(domain, {})
-
-
-def schedule_redelivery(domain: "Domain", port: int, direction: str, deadline: int,
-                        injector: Optional["FaultInjector"] = None) -> int:
-    """Deliver a held-back notification at `deadline` (also used by snapshot restore)."""
-    pending = delayed_notifications(domain)
-    handle_box: list[int] = []
-
-    def fire() -> None:
-        pending.pop(handle_box[0], None)
-        redeliver(domain, port, direction, injector)
-
-    handle = domain.timers.add(deadline, fire)
-    handle_box.append(handle)
-    pending[handle] = (port, direction, deadline)
-    return handle
-
-
-def redeliver(domain: "Domain", port: int, direction: str, injector: Optional[FaultInjector] = None) -> None:
-    """Deliver a notification that was held back, bypassing the rules that held it."""
-    from miniguest.hypervisor.common.event_channel import EvtchnError
-    guards = [fi for fi in {id(x): x for x in (injector, domain.fault_injector)}.values()
-              if isinstance(fi, FaultInjector)]
-    for fi in guards:
-        fi._redelivering = True
-    try:
-        if direction == "raise":
-            domain.events.set_pending(port)
-        else:
-            try:
-                domain.events.send(port)
-            except EvtchnError:
-                pass                 # the guest closed the port meanwhile: nothing to deliver to
-    finally:
-        for fi in guards:
-            fi._redelivering = False

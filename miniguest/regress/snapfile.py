@@ -19,6 +19,8 @@ import struct
 import zlib
 from typing import Any, Optional
 
+from miniguest.hypervisor.save import StateError
+
 MAGIC = b"\x89MGSNAP\n"
 CONTAINER_VERSION = 1
 MAX_HEADER = 64 << 20
@@ -26,7 +28,7 @@ MAX_SECTION = (4096 << 20) + (64 << 20)       # 4 GiB of guest memory plus bookk
 _PREFIX = struct.Struct("<8sII")
 
 
-class SnapshotError(Exception):
+class SnapshotError(StateError):
     """A snapshot that cannot be taken, read or restored; the message is one line."""
 
 
@@ -117,69 +119,3 @@ def _read_section(data: bytes, base: int, sec: Any, where: str) -> tuple[str, by
     if hashlib.sha256(raw).hexdigest() != digest:
         raise SnapshotError(f"{where}: checksum mismatch (the file is damaged)")
     return name, raw
-
-
-# -- header field access with clear errors ---------------------------------------------------------------
-class Fields:
-    """Typed access to one object of the header: `f.int("port", 0, 4095)` or SnapshotError naming the path."""
-
-    def __init__(self, obj: Any, where: str) -> None:
-        if not isinstance(obj, dict):
-            raise SnapshotError(f"snapshot: {where} is not an object")
-        self.obj = obj
-        self.where = where
-
-    def _get(self, key: str) -> Any:
-        if key not in self.obj:
-            raise SnapshotError(f"snapshot: {self.where}.{key} is missing")
-        return self.obj[key]
-
-    def int(self, key: str, lo: int = 0, hi: int = (1 << 64) - 1, optional: bool = False) -> Any:
-        v = self.obj.get(key) if optional else self._get(key)
-        if v is None and optional:
-            return None
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            raise SnapshotError(f"snapshot: {self.where}.{key} must be an integer in [{lo}, {hi}]")
-        return v
-
-    def bool(self, key: str) -> bool:
-        v = self._get(key)
-        if not isinstance(v, bool):
-            raise SnapshotError(f"snapshot: {self.where}.{key} must be true or false")
-        return v
-
-    def str(self, key: str, optional: bool = False, limit: int = 1 << 24) -> Any:
-        v = self.obj.get(key) if optional else self._get(key)
-        if v is None and optional:
-            return None
-        if not isinstance(v, str) or len(v) > limit:
-            raise SnapshotError(f"snapshot: {self.where}.{key} must be a string")
-        return v
-
-    def list(self, key: str, limit: int = 1 << 20) -> list:
-        v = self._get(key)
-        if not isinstance(v, list) or len(v) > limit:
-            raise SnapshotError(f"snapshot: {self.where}.{key} must be a list")
-        return v
-
-    def sub(self, key: str) -> "Fields":
-        return Fields(self._get(key), f"{self.where}.{key}")
-
-    def ints(self, key: str, lo: int = 0, hi: int = (1 << 64) - 1, limit: int = 1 << 20) -> list[int]:
-        values = self.list(key, limit)
-        for v in values:
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise SnapshotError(f"snapshot: {self.where}.{key} must hold integers in [{lo}, {hi}]")
-        return values
-
-
-def latin1(data: bytes) -> str:
-    """Bytes as a JSON string, one code point per byte (exact and reversible)."""
-    return bytes(data).decode("latin-1")
-
-
-def unlatin1(text: str, where: str) -> bytes:
-    try:
-        return text.encode("latin-1")
-    except (UnicodeEncodeError, AttributeError):
-        raise SnapshotError(f"snapshot: {where} is not a byte string") from None

@@ -32,7 +32,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
                   poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
-                  maxmem: Optional[int] = None, **extra: Any) -> Domain:
+                  maxmem: Optional[int] = None, uuid: Optional[str] = None, **extra: Any) -> Domain:
     image = parse_kernel(kernel, image_data)      # image_data: the ELF's bytes (snapshot restore), else read
     if isinstance(module, str):
         try:
@@ -47,7 +47,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
     config = DomainConfig(name=name or os.path.splitext(os.path.basename(kernel))[0], memory_mib=memory_mib,
                           cmdline=cmdline, module=module, scramble_mfns=scramble_mfns,
                           max_instructions=max_instructions, poison_memory=poison_memory, realtime=realtime,
-                          max_memory_mib=maxmem,
+                          max_memory_mib=maxmem, uuid=uuid,
                           extra=dict(extra))
     if wallclock is not None:
         config.wallclock = wallclock

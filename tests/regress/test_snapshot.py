@@ -170,7 +170,8 @@ def test_xenstore_connection_state_is_restored():
 def test_every_vcpu_attribute_is_accounted_for():
     """A new piece of PV vCPU state must be added to the snapshot (or declared runtime-only)."""
     dom, _ = traced(SELFTEST)
-    known = set(S.VCPU_INTS + S.VCPU_BOOLS + S.VCPU_SPECIAL + S.VCPU_RUNTIME)
+    V = vcpu_module
+    known = set(V.SAVED_INTS + V.SAVED_BOOLS + V.SAVED_SPECIAL + V.NOT_SAVED)
     private = {name for name in vars(dom.vcpus[0]) if name.startswith("_")}
     assert set(vars(dom.vcpus[0])) - known - private == set()
     assert vcpu_module.Vcpu is type(dom.vcpus[0])
@@ -196,6 +197,20 @@ def test_debug_and_cr4_state_is_carried():
     bad.container.header["vcpus"][0]["pv"]["cr4_ctl"] = 1
     with pytest.raises(SnapshotError, match="cr4_ctl"):
         Snapshot.from_bytes(bad.to_bytes()).restore()
+
+
+def test_timer_virq_binding_is_restored():
+    """A restored vCPU knows VIRQ_TIMER is bound: stopping and restarting its periodic timer re-arms it, as
+    in the original domain."""
+    dom, _ = traced(MINIOS, cmdline="ticks=2")
+    assert dom.run(until=lambda d: d.clock.now_ns() >= 25_000_000) == "paused"
+    assert dom.vcpus[0].timer.virq_bound
+    restored = Snapshot.capture(dom).restore()
+    timer = restored.vcpus[0].timer
+    assert timer.virq_bound
+    timer.stop_periodic()
+    timer.start_periodic(restored.clock.now_ns())
+    assert timer.periodic is not None
 
 
 def test_every_domain_attribute_is_accounted_for():

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno as E
 from miniguest.abi import xs_wire as W
+from miniguest.hypervisor.save import Fields, StateError, latin1, unlatin1
 
 from .errors import XenstoreError
 from .paths import canonicalize, domain_path
@@ -171,6 +172,39 @@ class Connection:
 
     def flush(self) -> None:
         """Push queued output to the transport; subclasses implement it."""
+
+    # -- saved state (hypervisor/save.py): watches, transactions, queued output ---------------------------
+    def save(self) -> dict:
+        return {"watches": [w.save() for w in self.watches],
+                "transactions": [tx.save() for tx in self.transactions.values()],
+                "next_tx_id": self._next_tx_id,
+                "out": [[latin1(o.data), o.is_event] for o in self.out], "out_pos": self.out_pos,
+                "closed": self.closed, "target": self.target}
+
+    def restore(self, f: Fields) -> None:
+        self.watches = [Watch.from_saved(w, f"{f.where}.watches[{i}]")
+                        for i, w in enumerate(f.list("watches", 1 << 16))]
+        self.transactions = {}
+        for i, t in enumerate(f.list("transactions", 1 << 16)):
+            tx = Transaction.from_saved(t, self, f"{f.where}.transactions[{i}]")
+            self.transactions[tx.id] = tx
+        self._next_tx_id = f.int("next_tx_id", 0, 0xFFFFFFFF)
+        self.out = deque()
+        self._queued_events = {}
+        self.out_bytes = self.outstanding = 0
+        for i, o in enumerate(f.list("out", 1 << 16)):
+            if not (isinstance(o, list) and len(o) == 2 and isinstance(o[0], str) and isinstance(o[1], bool)):
+                raise StateError(f"{f.where}.out[{i}] must be [data, is_event]")
+            data = unlatin1(o[0], f"{f.where}.out[{i}]")
+            self.out.append(_Out(data, o[1]))
+            self.out_bytes += len(data)
+            if o[1]:
+                self._queued_events[data] = self._queued_events.get(data, 0) + 1
+            else:
+                self.outstanding += 1
+        self.out_pos = f.int("out_pos", 0, len(self.out[0].data) if self.out else 0)
+        self.closed = f.bool("closed")
+        self.target = f.int("target", 0, 0xFFFF, optional=True)
 
     # -- state -----------------------------------------------------------------------------------------
     def drop_state(self) -> None:

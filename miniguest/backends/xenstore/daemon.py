@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno as E
+from miniguest.hypervisor.save import Fields, StateError
 
 from .connection import Connection
 from .dom0 import Dom0Store
@@ -138,6 +139,25 @@ class XenstoreDaemon:
         self.store.forget_domain(domid)
         self._fire_special(SPECIAL_RELEASE)
         self.flush_dirty()
+
+    # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
+    def save_domain(self, domid: int) -> dict:
+        """What a restored `domid` needs to find dom0's xenstored as it left it: the store (its generation
+        counter included), the quotas and the domain's ring connection. Socket clients and dom0 watches set
+        from Python (callbacks) are not carried."""
+        conn = self.domains.get(domid)
+        return dict(self.store.save(), quotas=self.quotas.save(),
+                    connection=conn.save() if conn is not None else None)
+
+    def restore_domain(self, domid: int, f: Fields) -> None:
+        self.quotas.restore(f.sub("quotas"))
+        self.store.restore(f)
+        conn = self.domains.get(domid)
+        conn_data = f.obj.get("connection")
+        if (conn_data is None) != (conn is None):
+            raise StateError("the xenstore connection of the domain does not match")
+        if conn is not None:
+            conn.restore(Fields(conn_data, f"{f.where}.connection"))
 
     # -- host side ---------------------------------------------------------------------------------------
     def listen_unix(self, path: str, loop: "HostLoop") -> None:

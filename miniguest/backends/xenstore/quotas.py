@@ -7,9 +7,10 @@ does not read what we send it is not read from, whoever it is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from miniguest.abi.xs_wire import XENSTORE_REL_PATH_MAX
+from miniguest.hypervisor.save import Fields
 
 
 @dataclass
@@ -36,3 +37,10 @@ class Quotas:
     path_max: int = XENSTORE_REL_PATH_MAX
     #: node size: 16-byte header + 8 bytes per permission + value + child names with NULs (larger -> ENOSPC)
     node_size: int = 2048
+
+    def save(self) -> dict:
+        return asdict(self)
+
+    def restore(self, f: Fields) -> None:
+        for field in fields(self):
+            setattr(self, field.name, f.int(field.name, 0, 1 << 40))

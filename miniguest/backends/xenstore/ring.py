@@ -15,6 +15,7 @@ import struct
 from typing import TYPE_CHECKING, Callable
 
 from miniguest.abi import xs_wire as W
+from miniguest.hypervisor.save import Fields, latin1, unlatin1
 
 from .connection import HEADER, Connection
 
@@ -201,6 +202,16 @@ class RingConnection(Connection):
                 return
         if self._kick:
             self._notify()
+
+    # -- saved state: the connection's, plus the partly read request and the ring's own flags ---------------
+    def save(self) -> dict:
+        return dict(super().save(), input=latin1(self._in), error=self.error, kick=self._kick)
+
+    def restore(self, f: Fields) -> None:
+        super().restore(f)
+        self._in = bytearray(unlatin1(f.str("input"), f"{f.where}.input"))
+        self.error = f.int("error", 0, 255)
+        self._kick = f.bool("kick")
 
     def close(self) -> None:
         """The domain was released: stop serving for good."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from miniguest.abi import errno as E
+from miniguest.hypervisor.save import Fields, StateError, latin1, unlatin1
 
 from .errors import XenstoreError
 from .paths import SPECIAL_INTRODUCE, SPECIAL_RELEASE, basename, child_path, parent_of
@@ -52,6 +53,30 @@ class Node:
         childlen = sum(len(c) + 1 for c in self.children)
         return NODE_HEADER_SIZE + PERM_ENTRY_SIZE * len(self.perms) + len(self.value) + childlen
 
+    # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
+    def save(self) -> dict:
+        return {"value": latin1(self.value), "perms": [str(p) for p in self.perms], "children": list(self.children),
+                "generation": self.generation}
+
+    @classmethod
+    def from_saved(cls, data: object, where: str) -> "Node":
+        f = Fields(data, where)
+        children = f.list("children")
+        if not all(isinstance(c, str) for c in children):
+            raise StateError(f"{where}.children must be strings")
+        return cls(unlatin1(f.str("value"), f"{where}.value"), saved_perms(f.list("perms"), f"{where}.perms"),
+                   list(children), f.int("generation"))
+
+
+def saved_perms(items: object, where: str) -> tuple[Perm, ...]:
+    """A permission list as saved (["n0", "r1", ...])."""
+    if not isinstance(items, list) or not items:
+        raise StateError(f"{where} must be a non-empty permission list")
+    try:
+        return tuple(Perm.parse(p) for p in items)
+    except (XenstoreError, TypeError):
+        raise StateError(f"{where} holds a malformed permission") from None
+
 
 @dataclass
 class _Access:
@@ -64,6 +89,23 @@ class _Access:
     #: None = no watch to fire at commit; True = exact only; False = node and ancestors
     fire_exact: Optional[bool] = None
 
+    def save(self) -> dict:
+        return {"generation": self.generation, "node": self.node.save() if self.node is not None else None,
+                "old_perms": [str(p) for p in self.old_perms] if self.old_perms is not None else None,
+                "modified": self.modified, "fire_exact": self.fire_exact}
+
+    @classmethod
+    def from_saved(cls, data: object, where: str) -> "_Access":
+        a = Fields(data, where)
+        node = a.obj.get("node")
+        old = a.obj.get("old_perms")
+        fire = a.obj.get("fire_exact")
+        if fire is not None and not isinstance(fire, bool):
+            raise StateError(f"{where}.fire_exact must be true, false or null")
+        return cls(a.int("generation", optional=True),
+                   Node.from_saved(node, where + ".node") if node is not None else None,
+                   saved_perms(old, where + ".old_perms") if old is not None else None, a.bool("modified"), fire)
+
 
 class Transaction:
     """An open transaction of one connection (ids are per connection; the daemon numbers them)."""
@@ -72,6 +114,21 @@ class Transaction:
         self.id = tx_id
         self.caller = caller
         self.accessed: dict[str, _Access] = {}
+
+    def save(self) -> list:
+        return [self.id, [[name, acc.save()] for name, acc in self.accessed.items()]]
+
+    @classmethod
+    def from_saved(cls, data: object, caller: Caller, where: str) -> "Transaction":
+        if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], int) and isinstance(data[1], list)):
+            raise StateError(f"{where} must be [id, accessed]")
+        tx = cls(data[0], caller)
+        for j, item in enumerate(data[1]):
+            at = f"{where}[{j}]"
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                raise StateError(f"{at} must be [path, access]")
+            tx.accessed[item[0]] = _Access.from_saved(item[1], at)
+        return tx
 
 
 class Store:
@@ -340,6 +397,25 @@ class Store:
                 new = node.clone()
                 new.perms = (node.perms[0],) + tuple(p for p in node.perms[1:] if p.domid != domid)
                 self._put(name, new, None)
+
+    # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
+    def save(self) -> dict:
+        """The tree in the store's order and the generation counter (commits check against it)."""
+        return {"generation": self.generation, "nodes": [[name, node.save()] for name, node in self.nodes.items()]}
+
+    def restore(self, f: Fields) -> None:
+        nodes: dict[str, Node] = {}
+        for i, item in enumerate(f.list("nodes", 1 << 22)):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                raise StateError(f"{f.where}.nodes[{i}] must be [path, node]")
+            nodes[item[0]] = Node.from_saved(item[1], f"{f.where}.nodes[{i}]")
+        if "/" not in nodes:
+            raise StateError(f"{f.where} has no root node")
+        self.nodes = nodes
+        self.generation = f.int("generation")
+        self.node_counts = {}
+        for node in nodes.values():
+            self.node_counts[node.owner] = self.node_counts.get(node.owner, 0) + 1
 
 
 class _RootCaller:

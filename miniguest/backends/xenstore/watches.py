@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Optional
 
+from miniguest.hypervisor.save import StateError, latin1, unlatin1
+
 from .paths import is_child, parent_of
 from .perms import PERM_READ, Perm, perm_for
 
@@ -27,6 +29,17 @@ class Watch:
 
     def event_path(self, name: str) -> str:
         return name[self.prefix_len:]
+
+    def save(self) -> list:
+        token = self.token.encode("latin-1") if isinstance(self.token, str) else bytes(self.token)
+        return [self.path, latin1(token), self.prefix_len]
+
+    @classmethod
+    def from_saved(cls, data: object, where: str) -> "Watch":
+        if not (isinstance(data, list) and len(data) == 3 and isinstance(data[0], str) and isinstance(data[1], str)
+                and isinstance(data[2], int)):
+            raise StateError(f"{where} must be [path, token, prefix_len]")
+        return cls(data[0], unlatin1(data[1], where), data[2])  # type: ignore[arg-type]
 
 
 def _may_see(conn: "Connection", store: "Store", name: str, node: Optional["Node"],

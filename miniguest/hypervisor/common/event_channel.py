@@ -20,6 +20,7 @@ from miniguest.abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdoma
                                          EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
 from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING, VI_PENDING_SEL
 from miniguest.abi.xen import DOMID_SELF, NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES, VIRQ_TIMER
+from miniguest.hypervisor.save import Fields, StateError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -136,6 +137,32 @@ class Dom0Evtchn:
             return "closed"
         return f"d{rec.domid}:{rec.guest_port}" if rec.guest_port is not None else f"unbound for d{rec.domid}"
 
+    def is_peer(self, domid: int, local_port: int, guest_port: int) -> bool:
+        """Our `local_port` is connected to `guest_port` of `domid`."""
+        rec = self._ports.get(local_port)
+        return rec is not None and rec.domid == domid and rec.guest_port == guest_port
+
+    # -- saved state: dom0's ends toward one domain (the callbacks are the backends', bound anew) ----------
+    def save(self, domid: int) -> list[list]:
+        return [[local, rec.guest_port] for local, rec in sorted(self._ports.items()) if rec.domid == domid]
+
+    def restore(self, domid: int, items: list, where: str) -> None:
+        """Which guest port each of our ends toward `domid` is connected to. The ends themselves must be the
+        ones the toolstack bound again for the rebuilt domain."""
+        mine = {local for local, rec in self._ports.items() if rec.domid == domid}
+        seen = set()
+        for i, item in enumerate(items):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                    and (item[1] is None or isinstance(item[1], int))):
+                raise StateError(f"{where}[{i}] must be [local port, guest port or null]")
+            local, guest = item
+            if local not in mine:
+                raise StateError(f"dom0 port {local} is not one this toolstack provides")
+            self._ports[local].guest_port = guest
+            seen.add(local)
+        if seen != mine:
+            raise StateError("the dom0 event channel ends differ from this toolstack's")
+
 
 class EventChannels:
     """One domain's event channel table (2-level ABI)."""
@@ -178,10 +205,11 @@ class EventChannels:
         _U64.pack_into(si, off, v & ~m)
         return True
 
-    def set_pending(self, port: int) -> None:
-        """Xen's evtchn_2l_set_pending: the guest-visible effect of raising `port`."""
+    def set_pending(self, port: int, intercept: bool = True) -> None:
+        """Xen's evtchn_2l_set_pending: the guest-visible effect of raising `port`. `intercept=False`: a
+        notification fault injection held back and now delivers (`deliver_later`)."""
         fi = self.domain.fault_injector     # fault injection (miniguest.regress) may drop or delay the raise
-        if fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "raise"):
+        if intercept and fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "raise"):
             return
         p = self.ports.get(port)
         vcpu_id = p.vcpu if p else 0
@@ -303,21 +331,21 @@ class EventChannels:
         del self.ports[port]
         # Xen clears nothing in the guest's bitmaps on close; the port just stops being raised.
 
-    def send(self, port: int) -> None:
+    def send(self, port: int, intercept: bool = True) -> None:
         p = self._get(port)
         if p.state == EVTCHNSTAT_interdomain:
             if p.remote_dom == self.domain.domid:
-                self.set_pending(p.remote_port)
+                self.set_pending(p.remote_port, intercept)
             elif p.remote_dom == 0:
                 fi = self.domain.fault_injector     # fault injection may drop or delay the notification
-                if fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "send"):
+                if intercept and fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "send"):
                     return
                 for cb in self.on_raise:
                     cb(port, "send")
                 self.domain.dom0_evtchn.deliver(p.remote_port)
             return
         if p.state == EVTCHNSTAT_ipi:
-            self.set_pending(port)
+            self.set_pending(port, intercept)
             return
         if p.state == EVTCHNSTAT_unbound:
             return                      # nobody listening yet: Xen drops it silently
@@ -404,6 +432,28 @@ class EventChannels:
             return
         self.set_pending(port)
 
+    def deliver_later(self, port: int, direction: str, deadline: int) -> int:
+        """Deliver a notification at `deadline` (virtual time) instead of now, without intercepting it again:
+        fault injection's delay. `direction` "raise" (to the guest) or "send" (from the guest to dom0)."""
+        tag = {"what": "delayed_event", "port": port, "dir": direction}
+        return self.domain.timers.add(deadline, lambda: self._deliver_held(port, direction), tag)
+
+    def _deliver_held(self, port: int, direction: str) -> None:
+        if direction == "raise":
+            self.set_pending(port, intercept=False)
+            return
+        try:
+            self.send(port, intercept=False)
+        except EvtchnError:
+            pass                 # the guest closed the port meanwhile: nothing to deliver to
+
+    def rearm_delayed(self, saved: Fields, deadline: int) -> None:
+        """A saved `deliver_later` timer (Timers.restore)."""
+        direction = saved.str("dir")
+        if direction not in ("raise", "send"):
+            raise StateError(f"{saved.where}.dir must be raise or send")
+        self.deliver_later(saved.int("port", 1, self.max_ports), direction, deadline)
+
     def describe(self) -> list[str]:
         lines = []
         for port in sorted(self.ports):
@@ -411,3 +461,39 @@ class EventChannels:
             flags = ("P" if self.test_pending(port) else "-") + ("M" if self.test_masked(port) else "-")
             lines.append(f"{port:5d} {flags} vcpu{p.vcpu} {p.describe()}")
         return lines
+
+    # -- saved state (hypervisor/save.py): the table; the pending/mask bits are in guest memory ----------
+    def save(self) -> dict:
+        return {"max_ports": self.max_ports,
+                "ports": [[port, p.state, p.vcpu, p.remote_dom, p.remote_port, p.virq]
+                          for port, p in sorted(self.ports.items())],
+                "dom0": self.domain.dom0_evtchn.save(self.domain.domid)}
+
+    def restore(self, f: Fields) -> None:
+        domain = self.domain
+        if f.int("max_ports") != self.max_ports:
+            raise StateError("events.max_ports differs from this configuration")
+        ports: dict[int, Port] = {}
+        virqs: dict[tuple[int, int], int] = {}
+        for i, item in enumerate(f.list("ports", 4096)):
+            if not (isinstance(item, list) and len(item) == 6 and all(isinstance(x, int) for x in item)):
+                raise StateError(f"{f.where}.ports[{i}] must be 6 integers")
+            port, state, vcpu, rdom, rport, virq = item
+            if not 0 < port <= self.max_ports or not 0 <= state <= 5 or not 0 <= vcpu < len(domain.vcpus) \
+                    or not 0 <= rdom <= 0x7FF4 or not 0 <= rport < 1 << 32 or not -1 <= virq < 24 or port in ports:
+                raise StateError(f"{f.where}.ports[{i}] is out of range")
+            ports[port] = Port(state, vcpu, rdom, rport, virq)
+            if state == EVTCHNSTAT_virq:
+                virqs[(vcpu, virq)] = port
+        self.ports = ports
+        self.virq_ports = virqs
+        dom0 = domain.dom0_evtchn
+        dom0.restore(domain.domid, f.list("dom0", 4096), f"{f.where}.dom0")
+        for port, p in ports.items():
+            if p.state == EVTCHNSTAT_interdomain and p.remote_dom == 0 \
+                    and not dom0.is_peer(domain.domid, p.remote_port, port):
+                raise StateError(f"port {port} is connected to a dom0 port that is not its peer")
+        for vcpu_id, virq in virqs:
+            if virq == VIRQ_TIMER:
+                # Bound, as before the save; the periodic timer itself comes back with the timer queue.
+                domain.vcpus[vcpu_id].timer.virq_bound = True

@@ -18,6 +18,7 @@ from miniguest.abi import errno
 from miniguest.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
 from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
 from miniguest.hypervisor.ram import GuestFault, guest_range_ok
+from miniguest.hypervisor.save import Fields, StateError
 from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_writable, PageTypeError
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ GTF_readonly = 1 << 2
 GTF_reading = 1 << 3
 GTF_writing = 1 << 4
 ENTRIES_PER_FRAME = 512
+MAX_GRANT_FRAMES = 32
 MAX_MAPTRACK = 1024
 _PTE_P, _PTE_RW, _PTE_A, _PTE_D, _PTE_NX = 1, 2, 0x20, 0x40, 1 << 63
 _PTE_IGNORED = _PTE_A | _PTE_D | 0xE00 | 4          # accessed/dirty/available (and the USER Xen adds)
@@ -75,6 +77,26 @@ class GrantMap:
         self.ref, self.flags, self.mfn = ref, flags, mfn
 
 
+class GrantTable:
+    """One domain's grant table (Xen's struct grant_table): the frames that hold it, how many of them the guest
+    has set up, and the maptrack of the grants mapped (by handle; None: a free handle)."""
+
+    def __init__(self, frames: list[int]) -> None:
+        self.frames = frames
+        self.nr_frames = 0
+        self.maptrack: list[Optional[GrantMap]] = []
+
+    # -- saved state (hypervisor/save.py); the entries themselves are in the frames, in guest memory -------
+    def save(self) -> dict:
+        if any(m is not None for m in self.maptrack):
+            raise StateError("the domain has grants mapped (the maptrack is not carried)")
+        return {"grant_nr_frames": self.nr_frames}
+
+    def restore(self, f: Fields) -> None:
+        self.nr_frames = f.int("grant_nr_frames", 0, len(self.frames))
+        self.maptrack = []
+
+
 def _self(vcpu: "Vcpu", dom: int) -> bool:
     return dom in (DOMID_SELF, vcpu.domain.domid)
 
@@ -84,7 +106,7 @@ def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> int:
     cmd &= 0xFFFFFFFF
     count &= 0xFFFFFFFF
     dom = vcpu.domain
-    gt = dom.grant_frames
+    gt = dom.grants.frames
     if cmd == GNTTABOP_setup_table:
         for i in range(count):
             arg = uop + i * _SETUP.size
@@ -95,7 +117,7 @@ def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> int:
             elif nr > len(gt):
                 status = GNTST_general_error
             else:
-                dom.grant_nr_frames = max(dom.grant_nr_frames, nr)
+                dom.grants.nr_frames = max(dom.grants.nr_frames, nr)
                 try:
                     vcpu.mem.write(frame_list, struct.pack(f"<{nr}Q", *gt[:nr]))
                 except GuestFault:
@@ -107,7 +129,7 @@ def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> int:
             arg = uop + i * _QUERY.size
             d = struct.unpack("<H", vcpu.mem.read(arg, 2))[0]
             status = GNTST_okay if _self(vcpu, d) else GNTST_bad_domain
-            vcpu.mem.write(arg, _QUERY.pack(d, dom.grant_nr_frames, len(gt), status))
+            vcpu.mem.write(arg, _QUERY.pack(d, dom.grants.nr_frames, len(gt), status))
         return 0
     if cmd == GNTTABOP_get_version:
         d = struct.unpack("<H", vcpu.mem.read(uop, 2))[0]
@@ -147,7 +169,7 @@ def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> int:
 
 # -- mapping grants ---------------------------------------------------------------------------------------
 def _entry_ma(dom, ref: int) -> int:
-    return (dom.grant_frames[ref // ENTRIES_PER_FRAME] << 12) + (ref % ENTRIES_PER_FRAME) * _ENTRY.size
+    return (dom.grants.frames[ref // ENTRIES_PER_FRAME] << 12) + (ref % ENTRIES_PER_FRAME) * _ENTRY.size
 
 
 def _grant_pte(mfn: int, flags: int) -> int:
@@ -176,7 +198,7 @@ def _pte_slot(vcpu: "Vcpu", addr: int, by_pte: bool) -> tuple[int, int]:
 
 def _set_entry_flags(dom, ref: int) -> None:
     """GTF_reading while any mapping of the grant is live, GTF_writing while a writable one is."""
-    maps = [m for m in dom.grant_maptrack if m is not None and m.ref == ref]
+    maps = [m for m in dom.grants.maptrack if m is not None and m.ref == ref]
     ma = _entry_ma(dom, ref)
     flags = struct.unpack("<H", dom.mem.mv[ma:ma + 2])[0] & ~(GTF_reading | GTF_writing)
     if maps:
@@ -195,11 +217,11 @@ def _map_one(vcpu: "Vcpu", host_addr: int, flags: int, ref: int, d: int) -> tupl
         return GNTST_general_error, 0, 0     # dom0 exists but grants this domain nothing
     if d != dom.domid:
         return GNTST_bad_domain, 0, 0        # (DOMID_SELF too: rcu_lock_domain_by_id does not know it)
-    if ref >= max(1, dom.grant_nr_frames) * ENTRIES_PER_FRAME:
+    if ref >= max(1, dom.grants.nr_frames) * ENTRIES_PER_FRAME:
         return GNTST_bad_gntref, 0, 0
     readonly = bool(flags & GNTMAP_readonly)
     eflags, edomid, frame = _ENTRY.unpack_from(dom.mem.mv, _entry_ma(dom, ref))
-    pinned = [m for m in dom.grant_maptrack if m is not None and m.ref == ref]
+    pinned = [m for m in dom.grants.maptrack if m is not None and m.ref == ref]
     if not pinned and ((eflags & GTF_type_mask) != GTF_permit_access or edomid != dom.domid):
         return GNTST_general_error, 0, 0
     if not readonly and eflags & GTF_readonly:
@@ -208,12 +230,12 @@ def _map_one(vcpu: "Vcpu", host_addr: int, flags: int, ref: int, d: int) -> tupl
     if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
         return GNTST_bad_page, 0, 0
     try:
-        handle = dom.grant_maptrack.index(None)
+        handle = dom.grants.maptrack.index(None)
     except ValueError:
-        if len(dom.grant_maptrack) >= MAX_MAPTRACK:
+        if len(dom.grants.maptrack) >= MAX_MAPTRACK:
             return GNTST_no_device_space, 0, 0
-        handle = len(dom.grant_maptrack)
-        dom.grant_maptrack.append(None)
+        handle = len(dom.grants.maptrack)
+        dom.grants.maptrack.append(None)
     device_ref = False
     try:
         if flags & GNTMAP_device_map and not readonly:
@@ -229,7 +251,7 @@ def _map_one(vcpu: "Vcpu", host_addr: int, flags: int, ref: int, d: int) -> tupl
         return GNTST_general_error, 0, 0
     finally:
         vcpu.flush_tlb()
-    dom.grant_maptrack[handle] = GrantMap(ref, flags & (GNTMAP_device_map | GNTMAP_host_map | GNTMAP_readonly |
+    dom.grants.maptrack[handle] = GrantMap(ref, flags & (GNTMAP_device_map | GNTMAP_host_map | GNTMAP_readonly |
                                                         GNTMAP_contains_pte), mfn)
     _set_entry_flags(dom, ref)
     return GNTST_okay, handle, mfn << 12
@@ -238,7 +260,7 @@ def _map_one(vcpu: "Vcpu", host_addr: int, flags: int, ref: int, d: int) -> tupl
 def _unmap_one(vcpu: "Vcpu", handle: int, host_addr: int, dev_bus_addr: int, new_addr: Optional[int]) -> int:
     """One unmap_grant_ref (new_addr None) or unmap_and_replace: the status."""
     dom = vcpu.domain
-    m = dom.grant_maptrack[handle] if handle < len(dom.grant_maptrack) else None
+    m = dom.grants.maptrack[handle] if handle < len(dom.grants.maptrack) else None
     if m is None:
         return GNTST_bad_handle
     if dev_bus_addr and dev_bus_addr != m.mfn << 12:
@@ -270,6 +292,6 @@ def _unmap_one(vcpu: "Vcpu", handle: int, host_addr: int, dev_bus_addr: int, new
             dom.frames.put_type(m.mfn)
         m.flags &= ~GNTMAP_device_map
     if not m.flags & (GNTMAP_host_map | GNTMAP_device_map):
-        dom.grant_maptrack[handle] = None
+        dom.grants.maptrack[handle] = None
     _set_entry_flags(dom, m.ref)
     return GNTST_okay

@@ -14,6 +14,8 @@ from miniguest.abi.xen import HYPERVISOR_sched_op, HYPERVISOR_sched_op_compat
 from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
 
 if TYPE_CHECKING:
+    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.save import Fields
     from miniguest.hypervisor.vcpu import Vcpu
 
 NAMES = {SCHEDOP_yield: "yield", SCHEDOP_block: "block", SCHEDOP_shutdown: "shutdown", SCHEDOP_poll: "poll",
@@ -68,20 +70,30 @@ def watchdog(vcpu: "Vcpu", arg: int) -> int:
     if wid == 0:
         for i in range(1, NR_WATCHDOGS + 1):
             if i not in dogs:
-                dogs[i] = dom.timers.add(dom.clock.now_ns() + timeout * 10**9, lambda: _watchdog_fired(dom))
+                dogs[i] = _arm_watchdog(dom, i, dom.clock.now_ns() + timeout * 10**9)
                 return i
         raise HypercallError(-errno.ENOSPC, "no free watchdog")
     if wid not in dogs:
         raise HypercallError(-errno.EINVAL, f"no watchdog {wid}")
     dom.timers.cancel(dogs.pop(wid))
     if timeout:
-        dogs[wid] = dom.timers.add(dom.clock.now_ns() + timeout * 10**9, lambda: _watchdog_fired(dom))
+        dogs[wid] = _arm_watchdog(dom, wid, dom.clock.now_ns() + timeout * 10**9)
     return 0
 
 
-def _watchdog_fired(dom) -> None:
+def _arm_watchdog(dom: "Domain", wid: int, deadline: int) -> int:
+    return dom.timers.add(deadline, lambda: _watchdog_fired(dom), {"what": "watchdog", "id": wid})
+
+
+def _watchdog_fired(dom: "Domain") -> None:
     dom.log("watchdog timer expired")
     dom.shutdown(SHUTDOWN_watchdog, None)
+
+
+def rearm_watchdog(dom: "Domain", saved: "Fields", deadline: int) -> None:
+    """A saved watchdog timer (Timers.restore): back in the queue, under its id."""
+    wid = saved.int("id", 1, NR_WATCHDOGS)
+    dom.watchdogs[wid] = _arm_watchdog(dom, wid, deadline)
 
 
 @hypercall(HYPERVISOR_sched_op, 2, subop_arg=0, subop_names=NAMES)

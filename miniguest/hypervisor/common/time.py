@@ -71,12 +71,15 @@ class VcpuTimer:
         update_vcpu_time(vcpu)
         vcpu.domain.events.send_virq(VIRQ_TIMER, vcpu.id)
 
-    def _arm(self, deadline: int, fn) -> int:
+    def _tag(self, what: str) -> dict:
+        return {"what": what, "vcpu": self.vcpu.id}
+
+    def _arm(self, deadline: int, fn, what: str) -> int:
         """Add a timer. The run loop armed the clock for the earliest timer before this run slice began: a
         new earlier one must end the slice (once the hypercall returns) so the loop re-arms the clock,
         else it would fire only when the slice ends, up to MAX_SLICE instructions late."""
         earliest = self._timers.next_deadline()
-        handle = self._timers.add(deadline, fn)
+        handle = self._timers.add(deadline, fn, self._tag(what))
         if earliest is None or deadline < earliest:
             self.vcpu.uc.emu_stop()
         return handle
@@ -84,7 +87,7 @@ class VcpuTimer:
     def set_singleshot(self, deadline: int) -> None:
         self.stop_singleshot()
         self.singleshot_deadline = deadline
-        self.singleshot = self._arm(deadline, self._singleshot_fired)
+        self.singleshot = self._arm(deadline, self._singleshot_fired, "singleshot")
 
     def _singleshot_fired(self) -> None:
         self.singleshot = None
@@ -101,7 +104,7 @@ class VcpuTimer:
         self.stop_periodic()
         if self.period and self.virq_bound:
             self.periodic_next = (now // self.period + 1) * self.period
-            self.periodic = self._arm(self.periodic_next, self._periodic_fired)
+            self.periodic = self._arm(self.periodic_next, self._periodic_fired, "periodic")
 
     def virq_binding_changed(self, bound: bool) -> None:
         """events.py tells us when VIRQ_TIMER is bound or closed on this vCPU."""
@@ -114,13 +117,27 @@ class VcpuTimer:
     def _periodic_fired(self) -> None:
         assert self.periodic_next is not None
         self.periodic_next += self.period
-        self.periodic = self._timers.add(self.periodic_next, self._periodic_fired)
+        self.periodic = self._timers.add(self.periodic_next, self._periodic_fired, self._tag("periodic"))
         self.fire("periodic")
 
     def stop_periodic(self) -> None:
         self._timers.cancel(self.periodic)
         self.periodic = None
         self.periodic_next = None
+
+    # -- saved state: the period with the vCPU, armed timers with the domain's queue (Timers.save) -------
+    def forget_armed(self) -> None:
+        """Before the domain's timer queue is restored: no timer of ours is armed any more."""
+        self.singleshot = self.singleshot_deadline = None
+        self.periodic = self.periodic_next = None
+
+    def rearm(self, what: str, deadline: int) -> None:
+        """A saved timer of ours, back in the (restored) queue."""
+        if what == "singleshot":
+            self.set_singleshot(deadline)
+        else:
+            self.periodic_next = deadline
+            self.periodic = self._timers.add(deadline, self._periodic_fired, self._tag("periodic"))
 
 
 @hypercall(HYPERVISOR_set_timer_op, 1)

@@ -19,6 +19,7 @@ from miniguest.abi import errno
 from miniguest.abi.arch_x86 import (HYPERVISOR_L4_FIRST, HYPERVISOR_L4_LAST, PTE_ADDR_MASK, _PAGE_GLOBAL, _PAGE_PAT, _PAGE_PCD, _PAGE_PRESENT,
                                     _PAGE_PSE, _PAGE_PWT, _PAGE_RW, _PAGE_USER)
 from miniguest.hypervisor.ram import MachineMemory
+from miniguest.hypervisor.save import StateError, pack_array, unpack_array
 
 # Owners.
 OWNER_NONE = -1
@@ -242,6 +243,32 @@ class FrameTable:
 
     def is_table(self, mfn: int) -> bool:
         return PGT_l1 <= self.type[mfn] <= PGT_l4 and self.count[mfn] > 0
+
+    # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
+    def save(self) -> dict[str, bytes]:
+        """Owner, type, count and pin of every frame, as binary sections."""
+        return {"owner": pack_array("i", self.owner), "type": pack_array("B", self.type),
+                "count": pack_array("I", self.count), "pinned": pack_array("B", [1 if p else 0 for p in self.pinned])}
+
+    def restore(self, sections: dict[str, bytes], domid: int) -> None:
+        """Take back a save() of a domain `domid` on the same machine layout (Xen's frames unchanged)."""
+        n = self.mem.nr_frames
+        owner = unpack_array("i", sections["owner"], n, "frames.owner")
+        types = unpack_array("B", sections["type"], n, "frames.type")
+        count = unpack_array("I", sections["count"], n, "frames.count")
+        pinned = unpack_array("B", sections["pinned"], n, "frames.pinned")
+        if any(o not in (OWNER_NONE, OWNER_XEN, domid) for o in set(owner)):
+            raise StateError("frames.owner names a domain other than this one or Xen")
+        if any(t not in TYPE_NAMES for t in set(types)) or any(p > 1 for p in set(pinned)):
+            raise StateError("frames.type or frames.pinned holds an unknown value")
+        xen_fresh = {i for i, o in enumerate(self.owner) if o == OWNER_XEN}
+        if {i for i, o in enumerate(owner) if o == OWNER_XEN} != xen_fresh:
+            raise StateError("the frames owned by Xen differ from this machine layout")
+        self.owner[:] = owner
+        self.type[:] = types
+        self.count[:] = count
+        self.pinned[:] = [bool(p) for p in pinned]
+        self.recount_linear()
 
 
 def audit(frames: FrameTable, domid: int, roots: list[tuple[int, int]]) -> list[str]:

@@ -16,6 +16,7 @@ from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_PAGE, FLAT_RING3_CS32, FL
                                     MACH2PHYS_VIRT_START, XEN_CS32, XEN_CS64, XEN_DS64, _PAGE_ACCESSED,
                                     _PAGE_DIRTY, _PAGE_NX, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER)
 from miniguest.hypervisor.ram import MachineMemory
+from miniguest.hypervisor.save import StateError
 from miniguest.hypervisor.x86.page_types import OWNER_XEN, FrameTable
 from miniguest.hypervisor.unicorn_x86 import seg_descriptor
 
@@ -124,6 +125,15 @@ class XenArea:
         for i in range(FIRST_RESERVED_GDT_PAGE):
             self.gdt_frames[i] = mfns[i] if i < len(mfns) else self.zero_mfn
         self._map_gdt()
+
+    def save_gdt(self) -> list[int]:
+        """The frames behind the 16 GDT pages (the guest's set_gdt frames, the zero page, Xen's page)."""
+        return list(self.gdt_frames)
+
+    def restore_gdt(self, frames: list[int], where: str) -> None:
+        if len(frames) != len(self.gdt_frames):
+            raise StateError(f"{where} has the wrong length")
+        self.gdt_frames[:] = frames
 
     def install_l4_slots(self, l4_mfn: int) -> None:
         base = l4_mfn << 12
