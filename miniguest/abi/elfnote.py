@@ -20,6 +20,7 @@ XEN_ELFNOTE_INIT_P2M = 15
 XEN_ELFNOTE_MOD_START_PFN = 16
 XEN_ELFNOTE_SUPPORTED_FEATURES = 17
 XEN_ELFNOTE_PHYS32_ENTRY = 18
+XEN_ELFNOTE_PHYS32_RELOC = 19
 
 NAMES = {v: k[len("XEN_ELFNOTE_"):] for k, v in globals().items() if k.startswith("XEN_ELFNOTE_")}
 # Notes whose descriptor is a string; the rest are 4- or 8-byte little-endian numbers.

@@ -1,5 +1,8 @@
 """PV kernel ELF parsing, as Xen's libelf does it: loadable segments, Xen notes, address defaults.
 
+A Linux bzImage is accepted too: its compressed vmlinux is extracted first (toolstack/bzimage.py), as Xen's
+bzImage loader hands the payload to the ELF loader.
+
 Notes come from PT_NOTE segments; if none carries a "Xen" note, from SHT_NOTE sections (Mini-OS keeps its
 notes in a non-allocated .note section); failing that, from the legacy `__xen_guest` string section. Defaults
 follow libelf: VIRT_BASE 0; PADDR_OFFSET 0 with notes but VIRT_BASE with `__xen_guest`; ENTRY e_entry. Each
@@ -20,6 +23,7 @@ from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START
 from miniguest.hypervisor.ram import canonical
 
 MAX_NOTES = 1024
+DEFAULT_MAX_SIZE = 1 << 30          # libxenguest's XC_DOM_DECOMPRESS_MAX, when no guest size is known
 PT_LOAD = "PT_LOAD"
 
 
@@ -45,6 +49,10 @@ class XenNotes:
     init_p2m: Optional[int] = None
     mod_start_pfn: bool = False
     suspend_cancel: bool = False
+    l1_mfn_valid: Optional[tuple[int, ...]] = None   # (mask, value) pairs: which L1 bits mean "holds an MFN"
+    phys32_entry: Optional[int] = None             # the PVH entry point (not used for PV)
+    f_supported: int = 0                           # XENFEAT_* bits the kernel supports (FEATURES, SUPPORTED_FEATURES)
+    f_required: int = 0                            # XENFEAT_* bits it requires ('!' in FEATURES)
     raw: dict[str, object] = field(default_factory=dict)
 
 
@@ -59,11 +67,13 @@ class Segment:
 @dataclass
 class KernelImage:
     path: str
-    raw: bytes
+    raw: bytes              # the file as given (an ELF, or a bzImage)
     notes: XenNotes
     segments: list[Segment]
     virt_kstart: int
     virt_kend: int
+    elf: bytes = b""        # the ELF (raw itself, or what a bzImage decompressed to)
+    compression: str = ""   # a bzImage payload's compression format ("" for a plain ELF)
 
     @property
     def entry(self) -> int:
@@ -103,10 +113,42 @@ def _parse_note_blob(blob: bytes, found: dict[int, object]) -> int:
         if ntype in elfnote.STRING_NOTES:
             found[ntype] = desc.split(b"\0", 1)[0].decode("latin-1")
         elif ntype == elfnote.XEN_ELFNOTE_SUPPORTED_FEATURES:
-            found[ntype] = int.from_bytes(desc[:4], "little") if desc else 0
+            # An array of 32-bit feature submaps (libelf: elf_note_numeric_array); ORed into FEATURES'.
+            found[ntype] = (int.from_bytes(desc[:4], "little")
+                            if descsz and descsz % 4 == 0 else 0)
+        elif ntype == elfnote.XEN_ELFNOTE_L1_MFN_VALID:
+            # A "name" note for libelf: (mask, value) pairs, 8 bytes each on x86_64 (Linux: 16 bytes).
+            found[ntype] = tuple(struct.unpack_from(f"<{descsz // 8}Q", desc)) if descsz % 8 == 0 else ()
+        elif ntype in (elfnote.XEN_ELFNOTE_INFO, elfnote.XEN_ELFNOTE_PHYS32_RELOC):
+            found[ntype] = bytes(desc)
         elif ntype in elfnote.NAMES:
             found[ntype] = _note_number(desc) if descsz else 0
     return count
+
+
+# XENFEAT_* names FEATURES may use (libelf's elf_xen_feature_names).
+FEATURE_NAMES = {"writable_page_tables": 0, "writable_descriptor_tables": 1, "auto_translated_physmap": 2,
+                 "supervisor_mode_kernel": 3, "pae_pgdir_above_4gb": 4, "hvm_callback_vector": 8, "dom0": 11}
+
+
+def parse_features(text: str) -> tuple[int, int]:
+    """FEATURES ("a|!b|..."): (supported, required) bitmaps. A required feature Xen does not know makes the
+    image unloadable (libelf's elf_xen_parse_features); unknown optional ones are ignored."""
+    supported = required = 0
+    for item in text.split("|"):
+        item = item[:63]
+        if not item:
+            continue
+        name = item[1:] if item.startswith("!") else item
+        bit = FEATURE_NAMES.get(name)
+        if bit is None:
+            if item.startswith("!"):
+                raise ImageError(f"the kernel requires the unknown Xen feature {name!r}")
+            continue
+        supported |= 1 << bit
+        if item.startswith("!"):
+            required |= 1 << bit
+    return supported, required
 
 
 def _parse_guest_info(text: str) -> dict[str, str]:
@@ -119,22 +161,32 @@ def _parse_guest_info(text: str) -> dict[str, str]:
     return out
 
 
-def parse_kernel(path: str, data: Optional[bytes] = None) -> KernelImage:
-    """Parse a PV kernel. Raises ImageError with a one-line reason."""
+def parse_kernel(path: str, data: Optional[bytes] = None, max_size: Optional[int] = None) -> KernelImage:
+    """Parse a PV kernel: an ELF, or a Linux bzImage whose payload is one (decompressed to at most
+    `max_size` bytes: the guest's memory). Raises ImageError with a one-line reason."""
     if data is None:
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise ImageError(f"{path}: {e.strerror}") from None
+    raw = data
+    compression = ""
     if data[:4] != b"\x7fELF":
-        raise ImageError(f"{path}: not an ELF file")
+        from miniguest.toolstack import bzimage
+        if not bzimage.is_bzimage(data):
+            raise ImageError(f"{path}: not an ELF file or a Linux bzImage")
+        data, compression = bzimage.extract(data, path, DEFAULT_MAX_SIZE if max_size is None else max_size)
+        if data[:4] != b"\x7fELF":
+            raise ImageError(f"{path}: the bzImage payload ({compression}) is not an ELF file")
     try:
         elf = ELFFile(io.BytesIO(data))
         if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
             raise ImageError(f"{path}: not an x86_64 ELF (class {elf.elfclass}, machine {elf['e_machine']}); "
                              "miniguest boots 64-bit PV kernels")
-        return _parse(path, data, elf)
+        image = _parse(path, data, elf)
+        image.raw, image.elf, image.compression = raw, data, compression
+        return image
     except ImageError:
         raise
     except (ELFError, struct.error, ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
@@ -174,6 +226,9 @@ def _parse(path: str, data: bytes, elf: ELFFile) -> KernelImage:
         notes.init_p2m = found.get(elfnote.XEN_ELFNOTE_INIT_P2M)              # type: ignore[assignment]
         notes.mod_start_pfn = bool(found.get(elfnote.XEN_ELFNOTE_MOD_START_PFN, 0))
         notes.suspend_cancel = bool(found.get(elfnote.XEN_ELFNOTE_SUSPEND_CANCEL, 0))
+        notes.l1_mfn_valid = found.get(elfnote.XEN_ELFNOTE_L1_MFN_VALID)     # type: ignore[assignment]
+        notes.phys32_entry = found.get(elfnote.XEN_ELFNOTE_PHYS32_ENTRY)     # type: ignore[assignment]
+        notes.f_supported = int(found.get(elfnote.XEN_ELFNOTE_SUPPORTED_FEATURES, 0))   # type: ignore[arg-type]
     else:
         sec = elf.get_section_by_name("__xen_guest")
         if sec is None:
@@ -204,6 +259,11 @@ def _parse(path: str, data: bytes, elf: ELFFile) -> KernelImage:
         if hc is not None:
             notes.hypercall_page = (hc << 12) + (virt_base or 0) if virt_base is not None else hc << 12
 
+    try:
+        supported, notes.f_required = parse_features(notes.features)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
+    notes.f_supported |= supported
     if not notes.loader.startswith("generic") and not notes.guest_os.startswith("linux"):
         raise ImageError(f"{path}: Xen will only load images built for the generic loader or Linux "
                          f"(LOADER {notes.loader!r}, GUEST_OS {notes.guest_os!r})")
@@ -259,4 +319,4 @@ def _parse(path: str, data: bytes, elf: ELFFile) -> KernelImage:
         raise ImageError(f"{path}: HYPERCALL_PAGE {hc:#x} is not a page inside the image")
     if notes.init_p2m is not None and virt_kstart <= notes.init_p2m < virt_kend:
         raise ImageError(f"{path}: INIT_P2M base {notes.init_p2m:#x} is inside the image")
-    return KernelImage(path, data, notes, segments, virt_kstart, virt_kend)
+    return KernelImage(path, data, notes, segments, virt_kstart, virt_kend, elf=data)

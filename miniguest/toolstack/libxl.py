@@ -33,7 +33,9 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
                   poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
                   maxmem: Optional[int] = None, uuid: Optional[str] = None, **extra: Any) -> Domain:
-    image = parse_kernel(kernel, image_data)      # image_data: the ELF's bytes (snapshot restore), else read
+    # image_data: the kernel file's bytes (snapshot restore), else read. A bzImage may decompress to at most
+    # the guest's memory.
+    image = parse_kernel(kernel, image_data, max_size=max(memory_mib, 1) << 20)
     if isinstance(module, str):
         try:
             with open(module, "rb") as f:
@@ -60,7 +62,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
         config.wallclock = divmod(time.time_ns() - domain.clock.now_ns(), 1_000_000_000)
         set_wallclock(domain, *config.wallclock)
     host = domain.host
-    domain.symbols = Symbols.from_elf(image.raw)
+    domain.symbols = Symbols.from_elf(image.elf)
 
     # xenconsoled: the console ring, merged with the hypervisor console for the user.
     log = ConsoleLog([console_output] if console_output else [])
