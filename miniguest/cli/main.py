@@ -29,7 +29,7 @@ MAX_RESTARTS = 16
 #   register(subparsers)                   add its own subcommands
 #   add_domain_options(parser)             add options to boot (and other commands that build a domain)
 #   configure_domain(domain, args)         act on those options once the domain is built
-COMMAND_MODULES = ("miniguest.cli.debug", "miniguest.cli.regress")
+COMMAND_MODULES = ("miniguest.cli.debug", "miniguest.cli.regress", "miniguest.cli.initramfs")
 
 
 def _feature_modules() -> list:
@@ -70,7 +70,8 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", help="kernel ELF, xl.cfg-style file, or sample name (default: hello)")
     p.add_argument("-m", "--memory", type=int, metavar="MiB", help="guest memory (default 32)")
     p.add_argument("-c", "--cmdline", help="guest command line")
-    p.add_argument("--module", metavar="FILE", help="a module/ramdisk (start_info mod_start/mod_len)")
+    p.add_argument("--ramdisk", "--module", dest="module", metavar="FILE",
+                   help="an initial ramdisk or module (start_info mod_start/mod_len; xl's ramdisk=)")
     p.add_argument("--maxmem", type=int, metavar="MiB",
                    help="the most memory the guest may balloon up to (xl maxmem; default: --memory)")
     p.add_argument("--name", help="domain name")
