@@ -110,6 +110,14 @@ def _build(args: argparse.Namespace, sinks: list):
     return dom, kernel
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
     from miniguest.cli import main as cli
     from miniguest.debug.gdbstub import GdbStub
@@ -133,6 +141,9 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
             dom.close()
             return EXIT_ERROR
         where = f"{stub.address[0]}:{stub.address[1]}"
+        if not _is_loopback(stub.address[0]):
+            _err(f"warning: the gdb stub listens on {where}, beyond this machine: whoever connects has full "
+                 "control of the guest (use 127.0.0.1)")
         gdb_proc = None
         detach_input = lambda: None         # noqa: E731
         if launch_gdb:

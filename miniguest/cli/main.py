@@ -66,6 +66,17 @@ def _resolve_image(arg: Optional[str]) -> tuple[str, dict]:
     return arg, {}
 
 
+def natural(text: str) -> int:
+    """argparse type: an integer >= 0 (a count, a budget, a time)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def add_domain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", help="kernel ELF, xl.cfg-style file, or sample name (default: hello)")
     p.add_argument("-m", "--memory", type=int, metavar="MiB", help="guest memory (default 32)")
@@ -75,7 +86,7 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maxmem", type=int, metavar="MiB",
                    help="the most memory the guest may balloon up to (xl maxmem; default: --memory)")
     p.add_argument("--name", help="domain name")
-    p.add_argument("--max-insns", type=int, metavar="N", help="instruction budget (exit 7 when exhausted)")
+    p.add_argument("--max-insns", type=natural, metavar="N", help="instruction budget (exit 7 when exhausted)")
     p.add_argument("--scramble-mfns", action="store_true",
                    help="give the guest machine frames in a shuffled order (catches pfn/mfn confusion)")
     p.add_argument("--log-hypercalls", action="store_true", help="print every hypercall on stderr")
@@ -111,9 +122,14 @@ def build_from_args(args: argparse.Namespace, console_sinks: list):
             s(data)
 
     actions = {k: opts.pop(k) for k in list(opts) if k.startswith("on_")}
-    dom = create_domain(kernel, max_instructions=args.max_insns, scramble_mfns=args.scramble_mfns,
-                        realtime=args.realtime,
-                        console_output=sink, store_socket=args.store_socket, **opts)
+    try:
+        dom = create_domain(kernel, max_instructions=args.max_insns, scramble_mfns=args.scramble_mfns,
+                            realtime=args.realtime,
+                            console_output=sink, store_socket=args.store_socket, **opts)
+    except OSError as e:            # the host refused a resource named on the command line (--store-socket)
+        from miniguest.toolstack.xlcfg import ConfigError
+        what = f"--store-socket {args.store_socket}" if args.store_socket else "cannot create the domain"
+        raise ConfigError(f"{what}: {e.strerror or e}") from None
     if args.log_hypercalls:
         from miniguest.debug.hclog import HypercallLog
         dom.hypercall_observers.append(HypercallLog(sys.stderr))

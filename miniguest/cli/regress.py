@@ -69,7 +69,8 @@ def register(subparsers: Any) -> None:
     d = sub.add_parser("diff", help="first divergence of two traces (exit 1 if they differ)")
     d.add_argument("a")
     d.add_argument("b")
-    d.add_argument("--context", type=int, default=3, metavar="N", help="records of context (default 3)")
+    d.add_argument("--context", type=cli.natural, default=3, metavar="N",
+                   help="records of context (default 3)")
     d.add_argument("--ignore", action="append", default=[], metavar="FIELD",
                    help="ignore this field, e.g. time or caller (repeatable)")
     d.set_defaults(func=cmd_diff)
@@ -88,8 +89,9 @@ def _register_snapshot(subparsers: Any) -> None:
     cli.add_domain_options(save)
     save.add_argument("-o", "--output", required=True, metavar="FILE")
     at = save.add_mutually_exclusive_group(required=True)
-    at.add_argument("--at-ns", type=int, metavar="T", help="stop once virtual time reaches T ns")
-    at.add_argument("--after-hypercalls", type=int, metavar="N", help="stop right after the N-th hypercall")
+    at.add_argument("--at-ns", type=cli.natural, metavar="T", help="stop once virtual time reaches T ns")
+    at.add_argument("--after-hypercalls", type=cli.natural, metavar="N",
+                    help="stop right after the N-th hypercall")
     save.set_defaults(func=cmd_snapshot_save)
     info = sub.add_parser("info", help="what a snapshot holds")
     info.add_argument("snapshot")
@@ -101,7 +103,8 @@ def _register_snapshot(subparsers: Any) -> None:
     run.add_argument("--inject", action="append", type=_rule, metavar="RULE", default=[],
                      help="fault injection rule (repeatable), as for boot")
     run.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
-    run.add_argument("--max-insns", type=int, metavar="N", help="instruction budget (total, as at boot)")
+    run.add_argument("--max-insns", type=cli.natural, metavar="N",
+                     help="instruction budget (total, as at boot)")
     run.set_defaults(func=cmd_snapshot_run)
 
 
@@ -278,11 +281,11 @@ def cmd_snapshot_save(args: argparse.Namespace) -> int:
 def cmd_snapshot_info(args: argparse.Namespace) -> int:
     from miniguest.regress.snapshot import Snapshot, SnapshotError
     try:
-        snap = Snapshot.load(args.snapshot)
+        info = Snapshot.load(args.snapshot).info()
     except SnapshotError as e:
         _err(str(e))
         return 1
-    for key, value in snap.info().items():
+    for key, value in info.items():
         print(f"{key:10} {value}")
     return 0
 
@@ -299,6 +302,7 @@ def cmd_snapshot_run(args: argparse.Namespace) -> int:
     from miniguest.regress.snapshot import Snapshot, SnapshotError
     try:
         snap = Snapshot.load(args.snapshot)
+        info = snap.info()
         options = {} if args.max_insns is None else {"max_instructions": args.max_insns}
         dom = snap.restore(console_output=None if args.quiet else _to_terminal, **options)
     except SnapshotError as e:
@@ -309,7 +313,7 @@ def cmd_snapshot_run(args: argparse.Namespace) -> int:
     out = None
     tracer = None
     if args.trace or args.perfetto:
-        meta = dict(snap.info(), snapshot=os.path.basename(args.snapshot))
+        meta = dict(info, snapshot=os.path.basename(args.snapshot))
         if args.inject:
             meta["inject"] = list(args.inject)
         if args.trace:
@@ -332,6 +336,10 @@ def cmd_snapshot_run(args: argparse.Namespace) -> int:
     code = cli._report(dom, state)
     if args.perfetto and tracer is not None:
         from miniguest.regress import perfetto
-        perfetto.write(tracer.records, args.perfetto, meta)
+        try:
+            perfetto.write(tracer.records, args.perfetto, meta)
+        except OSError as e:
+            _err(f"{args.perfetto}: {e.strerror}")
+            code = code or cli.EXIT_ERROR
     dom.close()
     return code

@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 from miniguest.hypervisor.save import StateError
 
+from . import jsonsafe
+
 MAGIC = b"\x89MGSNAP\n"
 CONTAINER_VERSION = 1
 MAX_HEADER = 64 << 20
@@ -28,8 +30,29 @@ MAX_SECTION = (4096 << 20) + (64 << 20)       # 4 GiB of guest memory plus bookk
 _PREFIX = struct.Struct("<8sII")
 
 
+MAX_FILE = _PREFIX.size + MAX_HEADER + 2 * MAX_SECTION
+
+
 class SnapshotError(StateError):
     """A snapshot that cannot be taken, read or restored; the message is one line."""
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of a snapshot file: the magic is checked before the rest is read, and the rest is bounded
+    (a device, a FIFO or a huge file is refused, not read without end)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_PREFIX.size)
+            if len(head) < _PREFIX.size or head[:8] != MAGIC:
+                raise SnapshotError(f"{path}: not a miniguest snapshot (bad magic)")
+            rest = f.read(MAX_FILE - _PREFIX.size + 1)
+    except OSError as e:
+        raise SnapshotError(f"{path}: {e.strerror}") from None
+    except ValueError:                  # a NUL byte in the path
+        raise SnapshotError(f"{path!r}: not a valid path") from None
+    if len(head) + len(rest) > MAX_FILE:
+        raise SnapshotError(f"{path}: larger than any snapshot can be")
+    return head + rest
 
 
 class Container:
@@ -72,8 +95,8 @@ class Container:
         if hlen > MAX_HEADER or _PREFIX.size + hlen > len(data):
             raise SnapshotError(f"{name}: header length {hlen} does not fit the file")
         try:
-            header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            header = jsonsafe.loads(bytes(data[_PREFIX.size:_PREFIX.size + hlen]).decode("utf-8"))
+        except ValueError as e:                         # also UnicodeDecodeError
             raise SnapshotError(f"{name}: header is not valid JSON ({e})") from None
         if not isinstance(header, dict):
             raise SnapshotError(f"{name}: header is not a JSON object")

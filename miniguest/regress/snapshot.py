@@ -32,7 +32,7 @@ from miniguest.hypervisor.save import Fields, StateError
 from miniguest.toolstack.libelf import ImageError
 from miniguest.toolstack.libxl import create_domain
 
-from .snapfile import Container, SnapshotError
+from .snapfile import Container, SnapshotError, read_file
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -136,24 +136,36 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str) -> "Snapshot":
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise SnapshotError(f"{path}: {e.strerror}") from None
-        return cls.from_bytes(data, path)
+        return cls.from_bytes(read_file(path), path)
 
     # -- facts ----------------------------------------------------------------------------------------------
     @property
     def time_ns(self) -> int:
-        c = self.header.get("clock", {})
-        return int(c.get("icount", 0)) + int(c.get("idle_ns", 0))
+        """Virtual time of the snapshot point (SnapshotError if the clock fields are not integers)."""
+        try:
+            c = Fields(self.header.get("clock"), "clock")
+            return c.int("icount") + c.int("idle_ns")
+        except SnapshotError:
+            raise
+        except StateError as e:
+            raise SnapshotError(f"snapshot: {e}") from None
 
     def info(self) -> dict[str, Any]:
+        """What `snapshot info` shows; the fields are checked (an untrusted file), SnapshotError if not."""
         h = self.header
-        return {"image": h["image"]["name"], "state": h.get("domain", {}).get("state"),
-                "time_ns": self.time_ns, "memory_mib": h.get("config", {}).get("memory_mib"),
-                "cmdline": h.get("config", {}).get("cmdline"), "generator": h.get("generator")}
+        try:
+            image = Fields(h.get("image"), "image")
+            domain = Fields(h.get("domain"), "domain")
+            config = Fields(h.get("config"), "config")
+            facts = {"image": image.str("name"), "state": domain.str("state"), "time_ns": self.time_ns,
+                     "memory_mib": config.int("memory_mib", 1, 4096), "cmdline": config.str("cmdline")}
+        except SnapshotError:
+            raise
+        except StateError as e:
+            raise SnapshotError(f"snapshot: {e}") from None
+        generator = h.get("generator")
+        facts["generator"] = generator if isinstance(generator, str) and len(generator) < 256 else None
+        return facts
 
     # -- restore --------------------------------------------------------------------------------------------
     def restore(self, console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,

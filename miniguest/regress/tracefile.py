@@ -12,6 +12,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from miniguest.debug.trace import TRACE_FORMAT_VERSION, TraceRecord
 
+from . import jsonsafe
+
 DEFAULT_CONTEXT = 3
 
 
@@ -32,36 +34,93 @@ def parse_lines(lines: Iterable[str], name: str = "<trace>") -> TraceFile:
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TraceFileError(f"{name}:{n}: not JSON ({e.msg})") from None
+            d = jsonsafe.loads(line)
+        except ValueError as e:
+            raise TraceFileError(f"{name}:{n}: not JSON ({e})") from None
         if not isinstance(d, dict):
             raise TraceFileError(f"{name}:{n}: a record must be a JSON object")
         if meta is None:
             if d.get("format") != "miniguest-trace":
                 raise TraceFileError(f"{name}: not a miniguest trace (no header line)")
             if d.get("version") != TRACE_FORMAT_VERSION:
-                raise TraceFileError(f"{name}: trace format version {d.get('version')!r} is not supported "
-                                     f"(this miniguest reads version {TRACE_FORMAT_VERSION})")
+                raise TraceFileError(f"{name}: trace format version {_brief(d.get('version'))} is not "
+                                     f"supported (this miniguest reads version {TRACE_FORMAT_VERSION})")
             meta = d.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise TraceFileError(f"{name}: the header's meta must be a JSON object")
             continue
         seq, time, kind = d.pop("seq", None), d.pop("time", None), d.pop("kind", None)
-        if not isinstance(seq, int) or not isinstance(time, int) or not isinstance(kind, str):
-            raise TraceFileError(f"{name}:{n}: a record needs integer seq and time and a string kind")
+        if not _is_u64(seq) or not _is_u64(time) or not isinstance(kind, str):
+            raise TraceFileError(f"{name}:{n}: a record needs integer seq and time (0 to 2^64-1) and a "
+                                 "string kind")
+        problem = _check_fields(kind, d)
+        if problem:
+            raise TraceFileError(f"{name}:{n}: {problem}")
         records.append(TraceRecord(seq, time, kind, d))
     if meta is None:
         raise TraceFileError(f"{name}: empty file, not a miniguest trace")
     return TraceFile(meta, records)
 
 
+def _is_u64(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 64
+
+
+def _brief(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: Fields the tools compute with (not only print) and the types miniguest.debug.trace writes them with; a
+#: file is untrusted, so a record whose field has another type is refused when the file is loaded, and show,
+#: diff, export and goldens can rely on them. Everything else is only ever printed or compared (normalised
+#: traces put names where raw ones have numbers), and unknown kinds and fields are carried untouched.
+_FIELDS: dict[str, dict[str, tuple[type, str]]] = {
+    "hypercall": {"name": (str, "a string")},
+    "idle": {"until": (int, "an integer")},
+    "xenstore": {"args": (list, "a list")},
+}
+
+
+def _check_fields(kind: str, d: dict[str, Any]) -> Optional[str]:
+    for key, (typ, what) in _FIELDS.get(kind, {}).items():
+        if key in d:
+            v = d[key]
+            if not isinstance(v, typ) or isinstance(v, bool) or (typ is int and not _is_u64(v)):
+                return f"a {kind} record's {key} must be {what}"
+    return None
+
+
+#: the longest line a trace file may have (a record with a large decoded argument struct is some KiB)
+MAX_LINE = 16 << 20
+
+
+def _bounded_lines(f: Any, name: str) -> Iterable[str]:
+    n = 0
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        n += 1
+        if len(line) > MAX_LINE:
+            raise TraceFileError(f"{name}:{n}: line longer than {MAX_LINE} characters")
+        yield line
+
+
 def load(path: str) -> TraceFile:
     try:
-        with open(path, encoding="utf-8") as f:
-            return parse_lines(f, path)
+        f = open(path, encoding="utf-8")
     except OSError as e:
         raise TraceFileError(f"{path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise TraceFileError(f"{path}: not a text file") from None
+    except ValueError:                  # a NUL byte in the path
+        raise TraceFileError(f"{path!r}: not a valid path") from None
+    with f:
+        try:
+            return parse_lines(_bounded_lines(f, path), path)
+        except UnicodeDecodeError:
+            raise TraceFileError(f"{path}: not a text file (not UTF-8)") from None
+        except OSError as e:            # e.g. a directory
+            raise TraceFileError(f"{path}: {e.strerror}") from None
 
 
 def select(records: Iterable[TraceRecord], kinds: Sequence[str] = (), names: Sequence[str] = ()) -> list[TraceRecord]:

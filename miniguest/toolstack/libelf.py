@@ -151,6 +151,15 @@ def parse_features(text: str) -> tuple[int, int]:
     return supported, required
 
 
+def _file_bytes(path: str, data: bytes, offset: int, size: int, what: str) -> bytes:
+    """`size` bytes at `offset` of the file, read raw as Xen's libelf reads notes (no decompression); a
+    range outside the file makes the image broken (elf_access_ok), as it makes libelf's."""
+    if offset < 0 or size < 0 or offset + size > len(data):
+        raise ImageError(f"{path}: malformed ELF ({what} at file offset {offset:#x}+{size:#x} lies outside "
+                         f"the {len(data):#x}-byte file)")
+    return data[offset:offset + size]
+
+
 def _parse_guest_info(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in text.split(","):
@@ -161,15 +170,30 @@ def _parse_guest_info(text: str) -> dict[str, str]:
     return out
 
 
+#: the largest kernel or module the toolstack reads (libxenguest's XC_DOM_DECOMPRESS_MAX, "image too large")
+MAX_IMAGE_FILE = 1 << 30
+
+
+def read_image_file(path: str, what: str = "kernel") -> bytes:
+    """A kernel or module file's bytes, bounded like libxenguest's xc_dom_malloc_filemap: a larger file (or
+    a device that never ends) is an ImageError, not an unbounded read. A NUL in the path is an ImageError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_FILE + 1)
+    except OSError as e:
+        raise ImageError(f"{path}: {e.strerror}") from None
+    except ValueError:
+        raise ImageError(f"{path!r}: not a valid path") from None
+    if len(data) > MAX_IMAGE_FILE:
+        raise ImageError(f"{path}: {what} image too large (more than {MAX_IMAGE_FILE >> 20} MiB)")
+    return data
+
+
 def parse_kernel(path: str, data: Optional[bytes] = None, max_size: Optional[int] = None) -> KernelImage:
     """Parse a PV kernel: an ELF, or a Linux bzImage whose payload is one (decompressed to at most
     `max_size` bytes: the guest's memory). Raises ImageError with a one-line reason."""
     if data is None:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ImageError(f"{path}: {e.strerror}") from None
+        data = read_image_file(path)
     raw = data
     compression = ""
     if data[:4] != b"\x7fELF":
@@ -189,7 +213,8 @@ def parse_kernel(path: str, data: Optional[bytes] = None, max_size: Optional[int
         return image
     except ImageError:
         raise
-    except (ELFError, struct.error, ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+    except (ELFError, struct.error, ValueError, KeyError, IndexError, AttributeError, TypeError,
+            OverflowError) as e:
         raise ImageError(f"{path}: malformed ELF ({e})") from None
 
 
@@ -198,12 +223,14 @@ def _parse(path: str, data: bytes, elf: ELFFile) -> KernelImage:
     source = ""
     for seg in elf.iter_segments():
         if seg["p_type"] == "PT_NOTE" and seg["p_offset"] != 0:
-            if _parse_note_blob(seg.data(), found):
+            blob = _file_bytes(path, data, seg["p_offset"], seg["p_filesz"], "a PT_NOTE segment")
+            if _parse_note_blob(blob, found):
                 source = "PT_NOTE"
     if not source:
         for sec in elf.iter_sections():
             if sec["sh_type"] == "SHT_NOTE":
-                if _parse_note_blob(sec.data(), found):
+                blob = _file_bytes(path, data, sec["sh_offset"], sec["sh_size"], "an SHT_NOTE section")
+                if _parse_note_blob(blob, found):
                     source = "SHT_NOTE"
     notes = XenNotes()
     virt_base: Optional[int] = None
@@ -233,7 +260,9 @@ def _parse(path: str, data: bytes, elf: ELFFile) -> KernelImage:
         sec = elf.get_section_by_name("__xen_guest")
         if sec is None:
             raise ImageError(f"{path}: not a Xen PV kernel: no Xen ELF notes and no __xen_guest section")
-        text = sec.data().split(b"\0", 1)[0].decode("latin-1")
+        raw = b"" if sec["sh_type"] == "SHT_NOBITS" else _file_bytes(
+            path, data, sec["sh_offset"], sec["sh_size"], "the __xen_guest section")
+        text = raw.split(b"\0", 1)[0].decode("latin-1")
         info = _parse_guest_info(text)
         notes.source = "__xen_guest"
         notes.raw = dict(info)
@@ -291,7 +320,7 @@ def _parse(path: str, data: bytes, elf: ELFFile) -> KernelImage:
         if seg["p_offset"] + filesz > len(data):
             raise ImageError(f"{path}: segment at {paddr:#x} runs past the end of the file")
         va = (paddr + virt_offset) & 0xFFFFFFFFFFFFFFFF
-        segments.append(Segment(va, seg.data()[:filesz], memsz, seg["p_flags"]))
+        segments.append(Segment(va, data[seg["p_offset"]:seg["p_offset"] + filesz], memsz, seg["p_flags"]))
         pstart = paddr if pstart is None else min(pstart, paddr)
         pend = paddr + memsz if pend is None else max(pend, paddr + memsz)
     if not segments or pstart is None or pend is None:

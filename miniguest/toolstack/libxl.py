@@ -14,7 +14,7 @@ from miniguest.debug.symbols import Symbols
 from miniguest.hypervisor.domain import Domain, DomainConfig
 from miniguest.hypervisor.host import Host
 from miniguest.toolstack.dom_builder import build_domain
-from miniguest.toolstack.libelf import ImageError, parse_kernel
+from miniguest.toolstack.libelf import ImageError, parse_kernel, read_image_file
 
 
 def _xenstored(host: Host):
@@ -37,11 +37,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
     # the guest's memory.
     image = parse_kernel(kernel, image_data, max_size=max(memory_mib, 1) << 20)
     if isinstance(module, str):
-        try:
-            with open(module, "rb") as f:
-                module = f.read()
-        except OSError as e:
-            raise ImageError(f"{module}: {e.strerror}") from None
+        module = read_image_file(module, "module")
     if memory_mib <= 0 or memory_mib > 4096:
         raise ImageError(f"memory must be between 1 and 4096 MiB (got {memory_mib})")
     if maxmem is not None and not 0 <= maxmem <= 4096:

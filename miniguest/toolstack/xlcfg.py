@@ -34,12 +34,44 @@ class XlConfig:
     other: dict[str, object] = field(default_factory=dict)
 
 
+#: larger than any domain configuration; a bigger "config" (a device, a huge file) is refused unread
+MAX_CONFIG = 1 << 20
+
+
+def _mib(path: str, key: str, value: object) -> int:
+    """An integer number of MiB: an integer, or a string of decimal digits as xl also accepts."""
+    if isinstance(value, str) and value.strip().isdigit() and len(value) < 20:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 32:
+        raise ConfigError(f"{path}: {key} must be a number of MiB")
+    return value
+
+
+def _text(path: str, key: str, value: object) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be a string")
+    text = str(value)
+    if "\0" in text:
+        raise ConfigError(f"{path}: {key} contains a NUL character")
+    return text
+
+
 def parse_xl_config(path: str) -> XlConfig:
+    """Read an xl.cfg-style file; ConfigError with a one-line reason for anything wrong with it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG + 1)
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
+    except ValueError:                          # a NUL byte in the path
+        raise ConfigError(f"{path!r}: not a valid path") from None
+    if len(raw) > MAX_CONFIG:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG} bytes: not a domain configuration")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
     values: dict[str, object] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip() if not raw.strip().startswith(("'", '"')) else raw.strip()
@@ -51,10 +83,12 @@ def parse_xl_config(path: str) -> XlConfig:
         key = key.strip()
         try:
             values[key] = ast.literal_eval(value.strip().rstrip(";"))
-        except (ValueError, SyntaxError):
-            raise ConfigError(f"{path}:{lineno}: cannot parse the value of {key!r}") from None
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            # (TypeError: an unhashable dict key or set item; RecursionError/MemoryError: absurd nesting)
+            raise ConfigError(f"{path}:{lineno}: cannot parse the value of {key[:64]!r}") from None
     if "kernel" not in values or not isinstance(values["kernel"], str):
         raise ConfigError(f"{path}: no kernel= line")
+    _text(path, "kernel", values["kernel"])
     base = os.path.dirname(os.path.abspath(path))
 
     def rel(p: str) -> str:
@@ -62,26 +96,20 @@ def parse_xl_config(path: str) -> XlConfig:
 
     cfg = XlConfig(kernel=rel(values.pop("kernel")))  # type: ignore[arg-type]
     if "memory" in values:
-        try:
-            cfg.memory = int(values.pop("memory"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: memory must be a number of MiB") from None
+        cfg.memory = _mib(path, "memory", values.pop("memory"))
     if "maxmem" in values:
-        try:
-            cfg.maxmem = int(values.pop("maxmem"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: maxmem must be a number of MiB") from None
+        cfg.maxmem = _mib(path, "maxmem", values.pop("maxmem"))
     if "name" in values:
-        cfg.name = str(values.pop("name"))
-    parts = [str(values.pop(k)) for k in ("root", "extra", "cmdline") if k in values]
+        cfg.name = _text(path, "name", values.pop("name"))
+    parts = [_text(path, k, values.pop(k)) for k in ("root", "extra", "cmdline") if k in values]
     cfg.cmdline = " ".join(p for p in parts if p)
     if "ramdisk" in values:
-        cfg.ramdisk = rel(str(values.pop("ramdisk")))
+        cfg.ramdisk = rel(_text(path, "ramdisk", values.pop("ramdisk")))
     for key in ("on_poweroff", "on_reboot", "on_crash", "on_watchdog"):
         if key in values:
-            action = str(values.pop(key))
+            action = values.pop(key)
             if action not in ACTIONS:
-                raise ConfigError(f"{path}: {key}={action!r} is not one of {', '.join(ACTIONS)}")
+                raise ConfigError(f"{path}: {key}={str(action)[:64]!r} is not one of {', '.join(ACTIONS)}")
             setattr(cfg, key, action)
     cfg.other = values
     return cfg
