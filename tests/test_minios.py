@@ -204,7 +204,7 @@ def _critical_points() -> dict[str, int]:
     """Where in the exit path an upcall can land: before the unmask test (rax still pushed), right after
     rax is popped (restore_end), and at the native iretq (cs/ss already ORed with RPL 3)."""
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-    from miniguest.debug.symbols import Symbols
+    from miniguest.toolstack.symbols import Symbols
     with open(MINIOS, "rb") as f:                                    # type: ignore[arg-type]
         raw = f.read()
     syms = Symbols.from_elf(raw)

@@ -26,7 +26,7 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, Uc  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
 from miniguest import Domain  # noqa: E402
-from miniguest.debug.symbols import Symbols  # noqa: E402
+from miniguest.toolstack.symbols import Symbols  # noqa: E402
 
 HELLO = os.path.join(ROOT, "miniguest", "samples", "hello.elf")
 SELFTEST = os.path.join(ROOT, "tests", "guests", "selftest.elf")

@@ -90,7 +90,7 @@ def bench_steps_rsp(n: int, with_g: bool) -> float:
 
 
 def _symbol(name: str) -> int:
-    from miniguest.debug.symbols import Symbols
+    from miniguest.toolstack.symbols import Symbols
     with open(SELFTEST, "rb") as f:
         addr = Symbols.from_elf(f.read()).address_of(name)
     assert addr is not None

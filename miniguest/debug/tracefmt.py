@@ -16,9 +16,9 @@ import sys
 from typing import TYPE_CHECKING, Any, Iterable, Optional, TextIO
 
 from miniguest.abi.arch_x86 import ERROR_CODE_VECTORS
-from miniguest.debug.disasm import disassemble, read_code
+from miniguest.hypervisor.disasm import disassemble, read_code
 from miniguest.debug.hclog import format_result
-from miniguest.debug.symbols import EMPTY, Symbols
+from miniguest.toolstack.symbols import EMPTY, Symbols
 from miniguest.debug.trace import ALL_KINDS, TraceRecord, Tracer
 from miniguest.hypervisor.hypercall import TABLE
 

@@ -241,7 +241,7 @@ class Domain:
         self.shutdown_reason = name
         self.state = CRASHED if reason == SHUTDOWN_crash else SHUTDOWN
         if reason == SHUTDOWN_crash and vcpu is not None:
-            from miniguest.debug.crash import crash_report
+            from miniguest.hypervisor.crash import crash_report
             self.crash_report = crash_report(self, vcpu, "the guest asked to crash (SHUTDOWN_crash)")
         self.emit("shutdown", reason=name)
         self._stop_cpu(vcpu)
@@ -252,7 +252,7 @@ class Domain:
             return
         self.state = CRASHED
         self.shutdown_reason = "crash"
-        from miniguest.debug.crash import crash_report
+        from miniguest.hypervisor.crash import crash_report
         self.crash_report = crash_report(self, vcpu, why)
         self.emit("crash", why=why)
         self._stop_cpu(vcpu)

@@ -10,7 +10,7 @@ import os
 from typing import Any, Callable, Optional, Union
 
 from miniguest.backends.console import HV, RING, ConsoleBackend, ConsoleLog
-from miniguest.debug.symbols import Symbols
+from miniguest.toolstack.symbols import Symbols
 from miniguest.hypervisor.domain import Domain, DomainConfig
 from miniguest.hypervisor.host import Host
 from miniguest.toolstack.dom_builder import build_domain

@@ -9,7 +9,7 @@ import pytest
 from debuglib import HELLO, SAMPLES, SELFTEST
 
 from miniguest import Domain
-from miniguest.debug.disasm import describe_insn
+from miniguest.hypervisor.disasm import describe_insn
 from miniguest.debug.trace import Tracer
 from miniguest.hypervisor.debugger import DebugSupport
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from miniguest.debug.disasm import describe_insn
-from miniguest.debug.symbols import EMPTY
+from miniguest.hypervisor.disasm import describe_insn
+from miniguest.toolstack.symbols import EMPTY
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
