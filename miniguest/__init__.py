@@ -13,8 +13,10 @@ __all__ = ["Domain", "__version__"]
 
 
 def __getattr__(name: str):
-    # Lazy, so that importing the abi/ or backends/ packages does not pull in Unicorn.
+    # `miniguest.Domain` is the toolstack's domain (toolstack.libxl.Guest: the hypervisor's Domain with its dom0
+    # daemons). Imported on first use: the package root sits above every layer, and importing a lower layer
+    # (miniguest.abi, miniguest.hypervisor) runs this file first, so it must not import the toolstack eagerly.
     if name == "Domain":
-        from miniguest.hypervisor.domain import Domain
-        return Domain
+        from miniguest.toolstack.libxl import Guest
+        return Guest
     raise AttributeError(name)

@@ -37,6 +37,13 @@ MACH2PHYS_VIRT_END = 0xFFFF804000000000
 HYPERVISOR_L4_FIRST = 256
 HYPERVISOR_L4_LAST = 271
 
+
+
+def canonical(va: int) -> bool:
+    """A canonical 48-bit virtual address (bits 63..47 all equal)."""
+    return va < (1 << 47) or (va >> 47) == (1 << 17) - 1
+
+
 # Page-table entry bits (x86).
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT

@@ -121,7 +121,7 @@ def _is_loopback(host: str) -> bool:
 def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
     from miniguest.cli import main as cli
     from miniguest.debug.gdbstub import GdbStub
-    from miniguest.hypervisor import domain as D
+    from miniguest.hypervisor import host as D
     try:
         sinks, log_file = _console_sinks(args)
     except OSError as e:

@@ -1,8 +1,6 @@
 """`miniguest`: boot PV guests, list samples, talk to a running guest's xenstore.
 
-Exit status of `miniguest boot` (how the guest ended):
-  0 poweroff   3 crash     4 reboot    5 suspend   6 watchdog   7 instruction budget exhausted
-  8 hung (blocked with nothing to wake it)   9 bad image   1 other host error   2 usage   130 interrupted
+Exit status of `miniguest boot`: how the guest ended (toolstack/exit_status.py).
 """
 from __future__ import annotations
 
@@ -11,19 +9,9 @@ import os
 import sys
 from typing import Optional
 
-EXIT_POWEROFF = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_CRASH = 3
-EXIT_REBOOT = 4
-EXIT_SUSPEND = 5
-EXIT_WATCHDOG = 6
-EXIT_BUDGET = 7
-EXIT_HUNG = 8
-EXIT_BAD_IMAGE = 9
-EXIT_INTERRUPTED = 130
-SHUTDOWN_EXIT = {"poweroff": EXIT_POWEROFF, "reboot": EXIT_REBOOT, "suspend": EXIT_SUSPEND,
-                 "crash": EXIT_CRASH, "watchdog": EXIT_WATCHDOG, "soft_reset": EXIT_REBOOT}
+from miniguest.toolstack.exit_status import (EXIT_BAD_IMAGE, EXIT_BUDGET, EXIT_CRASH, EXIT_ERROR, EXIT_HUNG,
+                                             EXIT_INTERRUPTED, SHUTDOWN_EXIT)
+
 MAX_RESTARTS = 16
 # Feature modules that add subcommands and `boot` options. Each may define:
 #   register(subparsers)                   add its own subcommands
@@ -140,7 +128,7 @@ def build_from_args(args: argparse.Namespace, console_sinks: list):
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from miniguest.hypervisor import domain as D
+    from miniguest.hypervisor import host as D
     from miniguest.toolstack.libelf import ImageError
     from miniguest.toolstack.xlcfg import ConfigError
 
@@ -218,7 +206,7 @@ def _connect_console_input(dom, args: argparse.Namespace):
 
 
 def _report(dom, state: str) -> int:
-    from miniguest.hypervisor import domain as D
+    from miniguest.hypervisor import host as D
     if dom.crash_report:
         sys.stderr.write(dom.crash_report + "\n")
     if state == D.SHUTDOWN or (state == D.CRASHED and dom.shutdown_reason == "crash" and not dom.crash_report):

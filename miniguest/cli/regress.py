@@ -14,10 +14,11 @@ happens, so a guest that crashes or hangs still leaves its trace behind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from typing import Any, Optional
+
+from miniguest.regress.tracefile import image_meta
 
 EXIT_DIFFERENT = 1
 EXIT_TROUBLE = 2
@@ -113,24 +114,10 @@ def _err(msg: str) -> None:
     sys.stderr.flush()
 
 
-def image_meta(kernel: str, domain: Any, rules: Optional[list[str]] = None) -> dict[str, Any]:
-    """What a trace was recorded from. Deterministic: the image's base name and hash, never a host path."""
-    try:
-        with open(kernel, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        digest = None
-    meta: dict[str, Any] = {"image": os.path.basename(kernel), "sha256": digest,
-                            "memory_mib": domain.config.memory_mib, "cmdline": domain.config.cmdline}
-    if rules:
-        meta["inject"] = list(rules)
-    return meta
-
-
 def cmd_record(args: argparse.Namespace) -> int:
     from miniguest.cli import main as cli
     from miniguest.debug.trace import Tracer, TraceRecord, header_line
-    from miniguest.hypervisor import domain as D
+    from miniguest.hypervisor import host as D
     from miniguest.toolstack.libelf import ImageError
     from miniguest.toolstack.xlcfg import ConfigError
 

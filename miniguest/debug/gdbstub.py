@@ -31,16 +31,15 @@ from typing import Callable, Optional, Union
 
 from unicorn import x86_const as X
 
-from miniguest.abi.arch_x86 import PAGE_SIZE, _PAGE_RW, _PAGE_USER
-from miniguest.cli.main import SHUTDOWN_EXIT             # W packets carry `miniguest boot`'s exit status
+from miniguest.abi.arch_x86 import PAGE_SIZE, _PAGE_RW, _PAGE_USER, canonical
 from miniguest.debug import tdesc
 from miniguest.debug.monitor import Monitor
 from miniguest.debug.rsp import PACKET_SIZE, Event, PacketReader, ProtocolError, frame, hex_to_bytes, parse_hex
-from miniguest.hypervisor import domain as D
-from miniguest.hypervisor.debugger import (BP_HARDWARE, BP_SOFTWARE, STOP_CATCH, STOP_INTERRUPT,
-                                               STOP_WATCHPOINT, WATCH_ACCESS, WATCH_READ, WATCH_WRITE,
-                                               DebugError, DebugSupport, StopEvent)
-from miniguest.hypervisor.ram import canonical
+from miniguest.hypervisor import host as D
+from miniguest.hypervisor.debugger import (BP_HARDWARE, BP_SOFTWARE, STOP_CATCH, STOP_INTERRUPT, STOP_WATCHPOINT,
+                                           WATCH_ACCESS, WATCH_READ, WATCH_WRITE, DebugError, DebugSupport,
+                                           StopEvent)
+from miniguest.toolstack.exit_status import SHUTDOWN_EXIT        # W packets carry `miniguest boot`'s exit status
 
 log = logging.getLogger("miniguest.gdbstub")
 

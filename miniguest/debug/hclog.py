@@ -10,7 +10,7 @@ from miniguest.abi import errno
 from miniguest.hypervisor.hypercall import TABLE, name_of
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.vcpu import Vcpu
+    from miniguest.hypervisor.host import Vcpu
 
 
 def call_site(vcpu: "Vcpu") -> Optional[int]:

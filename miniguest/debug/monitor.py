@@ -22,7 +22,7 @@ from miniguest.debug.tracefmt import TraceFormatter, TraceKindsError, parse_kind
 from miniguest.hypervisor.debugger import BP_CATCH, DebugSupport
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.host import Domain
 
 RING_SIZE = 256
 HYPERCALL_SLOT = 32

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Optional
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from miniguest.hypervisor.ram import canonical
+from miniguest.abi.arch_x86 import canonical
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.vcpu import Vcpu
+    from miniguest.hypervisor.host import Vcpu
 
 
 @dataclass(frozen=True)

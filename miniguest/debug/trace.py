@@ -36,8 +36,7 @@ from miniguest.hypervisor.hypercall import TABLE, name_of
 from miniguest.regress.decoders import decode_inputs, decode_outputs, symbolize
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.domain import Domain
-    from miniguest.hypervisor.vcpu import Vcpu
+    from miniguest.hypervisor.host import Domain, Vcpu
 
 TRACE_FORMAT_VERSION = 1
 ALL_KINDS = frozenset({"hypercall", "exception", "upcall", "event", "timer", "console", "privop", "idle",

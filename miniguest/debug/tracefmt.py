@@ -23,7 +23,7 @@ from miniguest.debug.trace import ALL_KINDS, TraceRecord, Tracer
 from miniguest.hypervisor.hypercall import TABLE
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.host import Domain
 
 # Names users type (plural as in the issue, singular as trace.py) -> record kinds.
 KIND_ALIASES: dict[str, frozenset[str]] = {

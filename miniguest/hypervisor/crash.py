@@ -1,18 +1,40 @@
-"""The report shown when a domain crashes: why, where (symbolized), the instruction, registers, stack."""
+"""The report shown when a domain crashes (Xen's domain_crash with show_execution_state): why, where
+(symbolized with the guest kernel's symbols when the toolstack gave them), the instruction, registers, stack."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from miniguest.hypervisor.disasm import describe_insn
-from miniguest.toolstack.symbols import EMPTY
+from miniguest.hypervisor.pv.emul_priv_op import read_cr
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
     from miniguest.hypervisor.vcpu import Vcpu
 
 
+class Symbolizer(Protocol):
+    """Names for guest addresses (the toolstack's toolstack.symbols.Symbols, from the kernel's ELF)."""
+
+    def describe(self, addr: int) -> str: ...
+
+    def lookup(self, addr: int) -> Optional[tuple[str, int]]: ...
+
+
+class NoSymbols:
+    """A Symbolizer that knows no names."""
+
+    def describe(self, addr: int) -> str:
+        return f"{addr:#x}"
+
+    def lookup(self, addr: int) -> Optional[tuple[str, int]]:
+        return None
+
+
+NO_SYMBOLS = NoSymbols()
+
+
 def crash_report(domain: "Domain", vcpu: Optional["Vcpu"], why: str) -> str:
-    syms = domain.symbols or EMPTY
+    syms = domain.symbols or NO_SYMBOLS
     lines = [f"domain d{domain.domid} ({domain.name}) crashed: {why}"]
     if vcpu is None:
         return "\n".join(lines)
@@ -20,7 +42,6 @@ def crash_report(domain: "Domain", vcpu: Optional["Vcpu"], why: str) -> str:
         regs = vcpu.regs()
         # The guest's CR2 is the one Xen keeps for it in vcpu_info.arch.cr2 (what `mov %cr2` returns to it);
         # Unicorn's own CR2 register also changes with hypervisor-internal accesses.
-        from miniguest.hypervisor.pv.emul_priv_op import read_cr
         cr2 = read_cr(vcpu, 2) or 0
         cr3 = vcpu.aspace.cr3
     except Exception as e:          # the CPU itself is unreadable: say so rather than fail

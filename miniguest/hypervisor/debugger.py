@@ -304,23 +304,15 @@ class DebugSupport:
         self.domain.pause()
 
     def run_to_entry(self) -> Optional[StopEvent]:
-        """Run Xen's entry stub (the `iretq` to CPL3) and stop before the guest's first instruction."""
-        image = self.domain.image
-        entry = image.entry if image is not None else None
-        if entry is None:
-            return None
-        # The stub is one instruction: a single-step lands on the entry without executing it and leaves
-        # virtual time exactly where a boot without a debugger has it (a breakpoint would count the entry
-        # block before stopping in it).
-        stop = self.resume(step=True)
+        """Run Xen's entry stub (the `iretq` to CPL3) and stop before the guest's first instruction. The
+        stub is one instruction: a single-step lands on the entry without executing it and leaves virtual
+        time exactly where a boot without a debugger has it. A vCPU that already runs the guest (a restored
+        snapshot) is simply stopped where it is."""
         vcpu = self.domain.vcpus[0]
-        if stop is None or vcpu.rip == entry:
-            return stop and StopEvent(STOP_ENTRY, vcpu.id, entry, BP_ENTRY)
-        self.insert_breakpoint(entry, BP_ENTRY)
-        try:
-            return self.resume(step=False)
-        finally:
-            self.remove_breakpoint(entry, BP_ENTRY)
+        if vcpu.started:
+            return StopEvent(STOP_INTERRUPT, vcpu.id)
+        stop = self.resume(step=True)
+        return stop and StopEvent(STOP_ENTRY, vcpu.id, vcpu.rip, BP_ENTRY)
 
     def resume(self, step: bool, vcpu: Optional["Vcpu"] = None) -> Optional[StopEvent]:
         """Continue (or execute one instruction of) the guest until something stops it. Returns the stop,

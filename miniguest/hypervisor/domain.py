@@ -21,17 +21,20 @@ from miniguest.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 from miniguest.hypervisor.common.event_channel import EventChannels
 from miniguest.hypervisor.common.grant_table import MAX_GRANT_FRAMES, GrantTable
 from miniguest.hypervisor.common.sched import rearm_watchdog
+from miniguest.hypervisor.common.time import set_wallclock, update_vcpu_time
 from miniguest.hypervisor.common.timer import Timers
-from miniguest.hypervisor.host import Host
+from miniguest.hypervisor.crash import Symbolizer, crash_report
+from miniguest.hypervisor.hypercall import load_families
 from miniguest.hypervisor.ram import MachineMemory
 from miniguest.hypervisor.save import Fields, StateError, latin1, pack_array, unlatin1, unpack_array
+from miniguest.hypervisor.vclock import RealtimeClock, VirtualClock
+from miniguest.hypervisor.vcpu import Vcpu
 from miniguest.hypervisor.x86.page_types import FrameTable
-from miniguest.hypervisor.vclock import VirtualClock
 from miniguest.hypervisor.x86.xen_area import XenArea, xen_frames_needed
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.vcpu import Vcpu
-    from miniguest.toolstack.libelf import KernelImage
+    from miniguest.hypervisor.common.event_channel import Dom0Evtchn
+    from miniguest.hypervisor.host import Host
 
 log = logging.getLogger("miniguest")
 
@@ -75,12 +78,13 @@ class DomainConfig:
 
 
 class Domain:
-    """One PV guest. Build it with `Domain.from_elf()` (or the loader's `build_domain`)."""
+    """One PV guest (Xen's struct domain). Created by Host.create_domain; the toolstack builds and boots it
+    (toolstack.libxl.create_domain, or miniguest.Domain.from_elf)."""
 
-    def __init__(self, config: DomainConfig, host: Optional[Host] = None) -> None:
+    def __init__(self, config: DomainConfig, host: "Host", domid: int) -> None:
         self.config = config
-        self.host = host or Host()
-        self.domid = self.host.allocate_domid()
+        self.host = host
+        self.domid = domid
         self.name = config.name
         self.uuid = config.uuid or str(uuidlib.UUID(int=random.Random(config.name).getrandbits(128), version=4))
         self.handle = uuidlib.UUID(self.uuid).bytes
@@ -122,10 +126,7 @@ class Domain:
         self.shutdown_reason: Optional[str] = None
         self.shutdown_code: Optional[int] = None
         self.crash_report: Optional[str] = None
-        self.image: Optional["KernelImage"] = None
-        self.symbols = None
-        self.start_info_va = 0
-        self.layout = None
+        self.symbols: Optional[Symbolizer] = None     # names for crash reports (the toolstack's, from the ELF)
         # Hooks for the toolstack, tracing and tests.
         self.hv_console_sink: Callable[[bytes], None] = lambda data: None
         self.hv_console_input = bytearray()
@@ -137,30 +138,25 @@ class Domain:
         self.messages: list[str] = []
         self._logged: set[Any] = set()
         self._pause_requested = threading.Event()
-        self.host.add_domain(self)
 
     # -- construction -------------------------------------------------------------------------------------
-    @classmethod
-    def from_elf(cls, path: str, **options: Any) -> "Domain":
-        """Build a domain from a PV kernel ELF with the default dom0 daemons attached (console, xenstore).
-        Options: memory_mib, cmdline, module (bytes or path), name, scramble_mfns, max_instructions, ...;
-        console_output: a callable receiving console bytes (default: collected only)."""
-        from miniguest.toolstack.libxl import create_domain
-        return create_domain(path, **options)
-
     def create_vcpus(self, count: int = 1) -> None:
-        from miniguest.hypervisor.hypercall import load_families
-        from miniguest.hypervisor.vcpu import Vcpu
+        """XEN_DOMCTL_max_vcpus: the vCPUs, the clock, and each vCPU's time record in its vcpu_info."""
         load_families()
         for i in range(count):
             self.vcpus.append(Vcpu(self, i))
-        from miniguest.hypervisor.vclock import RealtimeClock
         clock_type = RealtimeClock if self.config.realtime else VirtualClock
         self.clock = clock_type(self.vcpus[0].count_block)
         self.clock.attach(self.vcpus[0].uc)
+        for vcpu in self.vcpus:
+            update_vcpu_time(vcpu)
+
+    def set_wallclock(self, sec: int, nsec: int) -> None:
+        """The time of day at system time 0, in shared_info (what Xen's wallclock gives a guest)."""
+        set_wallclock(self, sec, nsec)
 
     @property
-    def dom0_evtchn(self):
+    def dom0_evtchn(self) -> "Dom0Evtchn":
         return self.host.dom0_evtchn
 
     # -- shared info, time --------------------------------------------------------------------------------
@@ -241,7 +237,6 @@ class Domain:
         self.shutdown_reason = name
         self.state = CRASHED if reason == SHUTDOWN_crash else SHUTDOWN
         if reason == SHUTDOWN_crash and vcpu is not None:
-            from miniguest.hypervisor.crash import crash_report
             self.crash_report = crash_report(self, vcpu, "the guest asked to crash (SHUTDOWN_crash)")
         self.emit("shutdown", reason=name)
         self._stop_cpu(vcpu)
@@ -252,7 +247,6 @@ class Domain:
             return
         self.state = CRASHED
         self.shutdown_reason = "crash"
-        from miniguest.hypervisor.crash import crash_report
         self.crash_report = crash_report(self, vcpu, why)
         self.emit("crash", why=why)
         self._stop_cpu(vcpu)
@@ -361,7 +355,7 @@ class Domain:
         return False
 
     def close(self) -> None:
-        self.host.remove_domain(self)
+        self.host.destroy_domain(self.domid)
 
     # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
     SAVED_FIELDS = ("nr_pages", "tot_pages", "max_pages", "vm_assist")
@@ -393,10 +387,14 @@ class Domain:
         sections.update({f"frames.{name}": raw for name, raw in self.frames.save().items()})
         return record, sections
 
+    def expand_saved_memory(self, raw: bytes) -> bytes:
+        """The full memory image of a saved "memory" section, for `restore` (a caller restoring the same
+        save many times expands it once)."""
+        return MachineMemory.expand_saved(raw, self.mem.nr_frames)
+
     def restore(self, record: Fields, sections: dict[str, bytes], memory_image: bytes) -> None:
         """Take back a save() into this domain, freshly built from the same configuration and kernel, with
-        dom0's event channel ends bound again. `memory_image` is MachineMemory.expand_saved(sections["memory"])
-        (a caller restoring many times keeps it)."""
+        dom0's event channel ends bound again. `memory_image`: expand_saved_memory(sections["memory"])."""
         f = record.sub("domain")
         if f.int("domid") != self.domid:
             raise StateError(f"domain id {f.obj['domid']} cannot be given on this host (got {self.domid}): "

@@ -13,7 +13,7 @@ import struct
 from typing import Optional, Type, TypeVar
 
 from miniguest.abi.arch_x86 import (HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, PAGE_SIZE, PTE_ADDR_MASK,
-                                    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER)
+                                    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER, canonical)
 from miniguest.hypervisor.save import StateError
 
 _U64 = struct.Struct("<Q")
@@ -29,10 +29,6 @@ class GuestFault(Exception):
         super().__init__(f"cannot {'write' if write else 'read'} guest address {va:#x}")
         self.va = va
         self.write = write
-
-
-def canonical(va: int) -> bool:
-    return va < (1 << 47) or (va >> 47) == (1 << 17) - 1
 
 
 def guest_range_ok(va: int, size: int) -> bool:

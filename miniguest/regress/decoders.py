@@ -25,10 +25,10 @@ from miniguest.abi.event_channel import (EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
 from miniguest.abi.sched import SHUTDOWN_NAMES
 from miniguest.abi.xen import (DOMID_SELF, HYPERCALL_NAMES, MMUEXT_NAMES, UVMF_ALL, UVMF_FLUSHTYPE_MASK,
                                UVMF_INVLPG, UVMF_TLB_FLUSH, VIRQ_NAMES)
-from miniguest.hypervisor.ram import GuestFault
+from miniguest.hypervisor.host import GuestFault
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.vcpu import Vcpu
+    from miniguest.hypervisor.host import Vcpu
 
 MAX_ITEMS = 32
 Fields = dict[str, Any]

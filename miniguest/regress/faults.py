@@ -32,9 +32,9 @@ from miniguest.abi.event_channel import EVTCHNSTAT_virq
 from miniguest.abi.xen import HYPERCALL_NAMES, VIRQ_NAMES
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.host import Domain
     from miniguest.hypervisor.hypercall import Hypercall
-    from miniguest.hypervisor.vcpu import Vcpu
+    from miniguest.hypervisor.host import Vcpu
 
 # xenstored can only send these errno names (xs_wire.h xsd_errors); see backends/xenstore/connection.py.
 XENSTORE_ERRNOS = frozenset({"EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC", "EIO",

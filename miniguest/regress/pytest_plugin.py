@@ -82,7 +82,7 @@ class GuestRun:
         return xtf_result(self.console)
 
     def meta(self) -> dict[str, Any]:
-        from miniguest.cli.regress import image_meta
+        from miniguest.regress.tracefile import image_meta
         fi = self.domain.fault_injector
         rules = [r.text for r in fi.rules] if fi is not None and hasattr(fi, "rules") else None
         return image_meta(self.image, self.domain, rules)

@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.host import Domain
 
 PAGES_PER_MIB = 256
 

@@ -27,15 +27,14 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from miniguest import __version__
 from miniguest.hypervisor.host import Host
-from miniguest.hypervisor.ram import MachineMemory
 from miniguest.hypervisor.save import Fields, StateError
 from miniguest.toolstack.libelf import ImageError
-from miniguest.toolstack.libxl import create_domain
+from miniguest.toolstack.libxl import Guest, create_domain
 
 from .snapfile import Container, SnapshotError, read_file
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.host import Domain
 
 FORMAT = "miniguest-snapshot"
 VERSION = 1
@@ -59,12 +58,10 @@ def capture_header(domain: "Domain") -> tuple[dict[str, Any], dict[str, bytes]]:
         raise SnapshotError("cannot snapshot a running domain: stop it first (run(until=...) or pause())")
     if domain.clock.realtime:
         raise SnapshotError("cannot snapshot a --realtime domain: its clock follows the host")
-    if domain.image is None or not hasattr(domain, "xenstored"):
+    if not isinstance(domain, Guest) or domain.image is None:
         raise SnapshotError("cannot snapshot a domain not built by the toolstack (Domain.from_elf)")
     try:
         record, sections = domain.save()
-        backends = {"console": {"backend": domain.console_backend.save(), "log": domain.console.save()},
-                    "xenstore": domain.xenstored.save_domain(domain.domid)}
     except StateError as e:
         raise SnapshotError(f"cannot snapshot: {e}") from None
     cfg = domain.config
@@ -80,7 +77,6 @@ def capture_header(domain: "Domain") -> tuple[dict[str, Any], dict[str, bytes]]:
                    "wallclock": list(cfg.wallclock), "uuid": domain.uuid, "poison_memory": cfg.poison_memory,
                    "max_memory_mib": cfg.max_memory_mib},
         **record,
-        "backends": backends,
     }
     return header, sections
 
@@ -180,7 +176,7 @@ class Snapshot:
             raise SnapshotError(f"snapshot: {e}") from None
 
     def _restore(self, console_output: Optional[Callable[[bytes], None]], host: Optional[Host],
-                 options: dict[str, Any]) -> "Domain":
+                 options: dict[str, Any]) -> Guest:
         h = Fields(self.header, "header")
         cfg = h.sub("config")
         domid = h.sub("domain").int("domid", 1, 0x7FEF)
@@ -211,19 +207,14 @@ class Snapshot:
             raise
         return domain
 
-    def memory_image(self, nr_frames: int) -> bytes:
+    def memory_image(self, domain: Guest) -> bytes:
         if self._memory is None:
-            self._memory = MachineMemory.expand_saved(self.container.sections["memory"], nr_frames)
+            self._memory = domain.expand_saved_memory(self.container.sections["memory"])
         return self._memory
 
-    def _apply(self, domain: "Domain", h: Fields) -> None:
+    def _apply(self, domain: Guest, h: Fields) -> None:
         try:
-            domain.restore(h, self.container.sections, self.memory_image(domain.mem.nr_frames))
-            backends = h.sub("backends")
-            console = backends.sub("console")
-            domain.console_backend.restore(console.sub("backend"))
-            domain.console.restore(console.sub("log"))
-            domain.xenstored.restore_domain(domain.domid, backends.sub("xenstore"))
+            domain.restore(h, self.container.sections, self.memory_image(domain))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise SnapshotError(f"snapshot: malformed state ({type(e).__name__}: {e})") from None
 

@@ -6,7 +6,9 @@ the header and every line and reports the first problem in one line (TraceFileEr
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
@@ -247,3 +249,17 @@ def format_divergence(div: Divergence, name_a: str = "a", name_b: str = "b") -> 
         for rec in recs:
             lines.append(f"{mark} {format_record(rec)}")
     return "\n".join(lines)
+
+
+def image_meta(kernel: str, domain: Any, rules: Optional[list[str]] = None) -> dict[str, Any]:
+    """What a trace was recorded from. Deterministic: the image's base name and hash, never a host path."""
+    try:
+        with open(kernel, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        digest = None
+    meta: dict[str, Any] = {"image": os.path.basename(kernel), "sha256": digest,
+                            "memory_mib": domain.config.memory_mib, "cmdline": domain.config.cmdline}
+    if rules:
+        meta["inject"] = list(rules)
+    return meta

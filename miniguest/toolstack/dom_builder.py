@@ -11,14 +11,11 @@ from __future__ import annotations
 import struct
 from typing import Optional
 
-from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, L1_PROT, L2_PROT, _PAGE_RW
+from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, L1_PROT, L2_PROT, _PAGE_RW, canonical
 from miniguest.abi.shared_info import VI_UPCALL_MASK
 from miniguest.abi.start_info import XEN_START_INFO_MAGIC, SIF_MOD_START_PFN, start_info
 from miniguest.abi.xen import HYPERVISOR_iret
-from miniguest.hypervisor.domain import Domain, DomainConfig
-from miniguest.hypervisor.host import Host
-from miniguest.hypervisor.ram import canonical
-from miniguest.hypervisor.x86.page_types import PGT_l4
+from miniguest.hypervisor.host import Domain, DomainConfig, Host, VcpuContext
 from miniguest.toolstack.libelf import ImageError, KernelImage
 from miniguest.toolstack.layout import Layout, TableRange, compute_layout, pages
 
@@ -113,12 +110,10 @@ class Builder:
         # shared_info: zero, events masked on vCPU 0 until the guest is ready.
         d.shared_info_view()[:] = bytes(PAGE)
         d.shared_info_view()[VI_UPCALL_MASK] = 1
-        from miniguest.hypervisor.common.time import set_wallclock, update_vcpu_time
-        set_wallclock(d, *d.config.wallclock)
+        d.set_wallclock(*d.config.wallclock)
         d.create_vcpus(1)
-        vcpu = d.vcpus[0]
-        update_vcpu_time(vcpu)
-        vcpu.start_of_day(notes.entry, layout.stack + PAGE, layout.start_info, self.l4_mfn)
+        d.host.set_vcpu_context(d.domid, 0, VcpuContext(notes.entry, layout.stack + PAGE, layout.start_info,
+                                                         self.l4_mfn))
         d.image = img
         d.start_info_va = layout.start_info
 
@@ -163,10 +158,9 @@ class Builder:
         if layout.p2m_base is not None:
             map_pages(layout.p2m_base, layout.p2m_pfn, layout.p2m_frames)
         self.l4_mfn = p2m[pt_pfn]
-        # Validate and pin the top-level table as libxc does (MMUEXT_PIN_L4_TABLE), then take the CR3
-        # reference. This promotes every table and takes a writable reference on every RW-mapped frame.
-        d.frames.pin(self.l4_mfn, PGT_l4, d.domid)
-        d.frames.get_type(self.l4_mfn, PGT_l4, d.domid)
+        # Validate and pin the top-level table as libxc does (MMUEXT_PIN_L4_TABLE); the vCPU context takes
+        # the CR3 reference. This promotes every table and takes a writable reference on every RW-mapped frame.
+        d.host.pin_table(d.domid, self.l4_mfn, 4)
 
     def _start_info(self) -> None:
         d, layout, img = self.d, self.layout, self.image
@@ -200,8 +194,9 @@ class Builder:
         self.console_evtchn = si.console_evtchn
 
 
-def build_domain(image: KernelImage, config: DomainConfig, host: Optional[Host] = None) -> tuple[Domain, Builder]:
-    domain = Domain(config, host)
+def build_domain(image: KernelImage, config: DomainConfig, host: Optional[Host] = None,
+                 domain_class: type = Domain) -> tuple[Domain, Builder]:
+    domain = (host or Host()).create_domain(config, domain_class)
     builder = Builder(domain, image)
     try:
         builder.build()

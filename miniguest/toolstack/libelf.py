@@ -20,7 +20,7 @@ from elftools.elf.elffile import ELFFile
 
 from miniguest.abi import elfnote
 from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START
-from miniguest.hypervisor.ram import canonical
+from miniguest.abi.arch_x86 import canonical
 
 MAX_NOTES = 1024
 DEFAULT_MAX_SIZE = 1 << 30          # libxenguest's XC_DOM_DECOMPRESS_MAX, when no guest size is known

@@ -7,20 +7,65 @@ store ring, with the initial tree libxl writes). Backends only get what a real d
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Optional, Union
 
 from miniguest.backends.console import HV, RING, ConsoleBackend, ConsoleLog
-from miniguest.toolstack.symbols import Symbols
-from miniguest.hypervisor.domain import Domain, DomainConfig
-from miniguest.hypervisor.host import Host
+from miniguest.backends.xenstore import Dom0Store, XenstoreDaemon, populate_domain
+from miniguest.hypervisor.host import Domain, DomainConfig, Host
+from miniguest.hypervisor.save import Fields
 from miniguest.toolstack.dom_builder import build_domain
-from miniguest.toolstack.libelf import ImageError, parse_kernel, read_image_file
+from miniguest.toolstack.layout import Layout
+from miniguest.toolstack.libelf import ImageError, KernelImage, parse_kernel, read_image_file
+from miniguest.toolstack.symbols import Symbols
 
 
-def _xenstored(host: Host):
-    from miniguest.backends.xenstore import XenstoreDaemon
+class Guest(Domain):
+    """A domain as the toolstack made it: the hypervisor's Domain plus what dom0 keeps about it -- the kernel
+    image and start-of-day layout it was built from, and the daemons serving it (xenconsoled's backend and
+    the merged console log, xenstored and dom0's handle on the store). `miniguest.Domain` is this class."""
+
+    image: Optional[KernelImage]
+    layout: Optional[Layout]
+
+    def __init__(self, config: DomainConfig, host: Host, domid: int) -> None:
+        super().__init__(config, host, domid)
+        self.image = None
+        self.layout = None
+        self.start_info_va = 0
+        self.console: Optional[ConsoleLog] = None
+        self.console_backend: Optional[ConsoleBackend] = None
+        self.xenstored: Optional[XenstoreDaemon] = None
+        self.store: Optional[Dom0Store] = None
+
+    @classmethod
+    def from_elf(cls, path: str, **options: Any) -> "Guest":
+        """Build a domain from a PV kernel with the default dom0 daemons attached (console, xenstore).
+        Options: see create_domain (memory_mib, cmdline, module (bytes or path), name, scramble_mfns,
+        max_instructions, console_output: a callable receiving console bytes, ...)."""
+        return create_domain(path, **options)
+
+    # -- saved state: the domain's, plus dom0's backends (hypervisor/save.py) -----------------------------
+    def save(self) -> tuple[dict, dict[str, bytes]]:
+        record, sections = super().save()
+        assert self.console_backend and self.console and self.xenstored
+        record["backends"] = {"console": {"backend": self.console_backend.save(), "log": self.console.save()},
+                              "xenstore": self.xenstored.save_domain(self.domid)}
+        return record, sections
+
+    def restore(self, record: Fields, sections: dict[str, bytes], memory_image: bytes) -> None:
+        super().restore(record, sections, memory_image)
+        assert self.console_backend and self.console and self.xenstored
+        backends = record.sub("backends")
+        console = backends.sub("console")
+        self.console_backend.restore(console.sub("backend"))
+        self.console.restore(console.sub("log"))
+        self.xenstored.restore_domain(self.domid, backends.sub("xenstore"))
+
+
+def _xenstored(host: Host) -> XenstoreDaemon:
     daemon = host.services.get("xenstored")
-    if daemon is None:
+    if not isinstance(daemon, XenstoreDaemon):
         daemon = XenstoreDaemon()
         host.services["xenstored"] = daemon
     return daemon
@@ -32,7 +77,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
                   poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
-                  maxmem: Optional[int] = None, uuid: Optional[str] = None, **extra: Any) -> Domain:
+                  maxmem: Optional[int] = None, uuid: Optional[str] = None, **extra: Any) -> Guest:
     # image_data: the kernel file's bytes (snapshot restore), else read. A bzImage may decompress to at most
     # the guest's memory.
     image = parse_kernel(kernel, image_data, max_size=max(memory_mib, 1) << 20)
@@ -49,14 +94,13 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                           extra=dict(extra))
     if wallclock is not None:
         config.wallclock = wallclock
-    domain, builder = build_domain(image, config, host)
+    domain, builder = build_domain(image, config, host, Guest)
+    assert isinstance(domain, Guest)
     if wallclock is None and realtime:
         # --realtime: the guest's time of day is the host's, as Xen's wallclock is dom0's (the time of day
         # at system time 0, which is when the domain's clock started).
-        import time
-        from miniguest.hypervisor.common.time import set_wallclock
         config.wallclock = divmod(time.time_ns() - domain.clock.now_ns(), 1_000_000_000)
-        set_wallclock(domain, *config.wallclock)
+        domain.set_wallclock(*config.wallclock)
     host = domain.host
     domain.symbols = Symbols.from_elf(image.elf)
 
@@ -79,7 +123,6 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
     domain.on_final.append(lambda d: log.flush())
 
     # xenstored: introduce the domain and write its initial tree.
-    from miniguest.backends.xenstore import populate_domain
     daemon = _xenstored(host)
     store_mfn = domain.p2m[domain.layout.pfn(domain.layout.xenstore)]
     store_page = host.map_foreign(domain.domid, store_mfn)

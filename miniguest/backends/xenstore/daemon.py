@@ -27,7 +27,7 @@ from .unixsock import SocketServer
 from .watches import fire_watches
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.hostloop import HostLoop
+    from miniguest.hypervisor.host import HostLoop
 
 log = logging.getLogger(__name__)
 

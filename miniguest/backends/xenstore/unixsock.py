@@ -21,7 +21,7 @@ from miniguest.abi import xs_wire as W
 from .connection import HEADER, Connection
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.hostloop import HostLoop
+    from miniguest.hypervisor.host import HostLoop
 
     from .daemon import XenstoreDaemon
 

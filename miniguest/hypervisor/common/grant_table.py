@@ -85,10 +85,16 @@ class GrantTable:
         self.frames = frames
         self.nr_frames = 0
         self.maptrack: list[Optional[GrantMap]] = []
+        # dom0's mappings of this domain's grants (Host.map_grant_ref): ref -> [read-only pins, writable pins,
+        # the frame pinned]. Xen keeps these pin counts in the granting domain's active entries.
+        self.dom0_pins: dict[int, list[int]] = {}
+
+    def dom0_mapped_frames(self) -> set[int]:
+        return {pin[2] for pin in self.dom0_pins.values()}
 
     # -- saved state (hypervisor/save.py); the entries themselves are in the frames, in guest memory -------
     def save(self) -> dict:
-        if any(m is not None for m in self.maptrack):
+        if any(m is not None for m in self.maptrack) or self.dom0_pins:
             raise StateError("the domain has grants mapped (the maptrack is not carried)")
         return {"grant_nr_frames": self.nr_frames}
 
@@ -199,11 +205,12 @@ def _pte_slot(vcpu: "Vcpu", addr: int, by_pte: bool) -> tuple[int, int]:
 def _set_entry_flags(dom, ref: int) -> None:
     """GTF_reading while any mapping of the grant is live, GTF_writing while a writable one is."""
     maps = [m for m in dom.grants.maptrack if m is not None and m.ref == ref]
+    pins = dom.grants.dom0_pins.get(ref)
     ma = _entry_ma(dom, ref)
     flags = struct.unpack("<H", dom.mem.mv[ma:ma + 2])[0] & ~(GTF_reading | GTF_writing)
-    if maps:
+    if maps or pins:
         flags |= GTF_reading
-    if any(not m.flags & GNTMAP_readonly for m in maps):
+    if any(not m.flags & GNTMAP_readonly for m in maps) or (pins and pins[1]):
         flags |= GTF_writing
     dom.mem.mv[ma:ma + 2] = struct.pack("<H", flags)
 
@@ -295,3 +302,44 @@ def _unmap_one(vcpu: "Vcpu", handle: int, host_addr: int, dev_bus_addr: int, new
         dom.grants.maptrack[handle] = None
     _set_entry_flags(dom, m.ref)
     return GNTST_okay
+
+
+# -- dom0 mapping a domain's grants: GNTTABOP_map_grant_ref / unmap_grant_ref issued by dom0 (Host) --------
+class GrantError(Exception):
+    """A grant dom0 cannot map; `status` is the GNTST_* Xen would return."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def map_for_dom0(dom, ref: int, readonly: bool) -> int:
+    """Pin grant `ref` of `dom` for a mapping by dom0, as Xen's map_grant_ref checks it: the entry must grant
+    access to dom0 (GTF_permit_access, domid 0), a writable mapping needs a writable grant, the frame must be
+    the granting domain's. Returns the frame; the entry shows GTF_reading/GTF_writing while pinned."""
+    gt = dom.grants
+    if not 0 <= ref < max(1, gt.nr_frames) * ENTRIES_PER_FRAME:
+        raise GrantError(GNTST_bad_gntref, f"d{dom.domid} has no grant reference {ref}")
+    eflags, edomid, frame = _ENTRY.unpack_from(dom.mem.mv, _entry_ma(dom, ref))
+    pin = gt.dom0_pins.get(ref)
+    if pin is None and ((eflags & GTF_type_mask) != GTF_permit_access or edomid != 0):
+        raise GrantError(GNTST_general_error, f"d{dom.domid} grant {ref} does not grant access to dom0")
+    if not readonly and eflags & GTF_readonly:
+        raise GrantError(GNTST_general_error, f"d{dom.domid} grant {ref} is read-only")
+    mfn = pin[2] if pin is not None else frame
+    if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
+        raise GrantError(GNTST_bad_page, f"d{dom.domid} grant {ref} names a frame it does not own")
+    if pin is None:
+        pin = gt.dom0_pins[ref] = [0, 0, mfn]
+    pin[0 if readonly else 1] += 1
+    _set_entry_flags(dom, ref)
+    return mfn
+
+
+def unmap_for_dom0(dom, ref: int, readonly: bool) -> None:
+    """Drop one dom0 pin taken by map_for_dom0."""
+    pin = dom.grants.dom0_pins[ref]
+    pin[0 if readonly else 1] -= 1
+    if not pin[0] and not pin[1]:
+        del dom.grants.dom0_pins[ref]
+    _set_entry_flags(dom, ref)

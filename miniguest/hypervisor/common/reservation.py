@@ -136,7 +136,7 @@ def populate_physmap(vcpu: "Vcpu", arg: int, start_extent: int) -> int:
 
 def _held_by_others(dom: "Domain") -> set[int]:
     """Frames Xen or dom0 keeps a reference to: shared_info, the grant frames, what dom0 maps."""
-    return {dom.xen.shared_info_mfn, *dom.grants.frames, *dom.foreign_mapped}
+    return {dom.xen.shared_info_mfn, *dom.grants.frames, *dom.foreign_mapped, *dom.grants.dom0_mapped_frames()}
 
 
 def _mapped_by_l1s(dom: "Domain") -> set[int]:

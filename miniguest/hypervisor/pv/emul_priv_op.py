@@ -17,10 +17,10 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_OP_MEM, X86_REG_FS, X86_REG_GS, X86_REG_RBP, X86_REG_RSP
 from unicorn import x86_const as X
 
-from miniguest.abi.arch_x86 import TRAP_gp_fault, TRAP_stack_error
+from miniguest.abi.arch_x86 import TRAP_gp_fault, TRAP_stack_error, canonical
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.pv.misc_hypercalls import get_debugreg, set_debugreg
-from miniguest.hypervisor.ram import GuestFault, canonical
+from miniguest.hypervisor.ram import GuestFault
 from miniguest.hypervisor.vcpu import CR0_GUEST, CR4_DE, CR4_GUEST
 from miniguest.hypervisor.x86.cpuid import emulate_cpuid
 from miniguest.hypervisor.x86.msr import guest_rdmsr, guest_wrmsr

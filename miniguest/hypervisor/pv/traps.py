@@ -11,7 +11,7 @@ from unicorn import x86_const as X
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_ENTRY, FLAT_USER_SS64, MSR_FS_BASE, MSR_GS_BASE,
                                     SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL,
-                                    TI_MASK_EVENTS, TRAP_gp_fault, VGCF_in_syscall)
+                                    TI_MASK_EVENTS, TRAP_gp_fault, VGCF_in_syscall, canonical)
 from miniguest.abi.callback import (CALLBACKF_mask_events, CALLBACKOP_register, CALLBACKOP_unregister,
                                     CALLBACKTYPE_event, CALLBACKTYPE_failsafe, CALLBACKTYPE_nmi,
                                     CALLBACKTYPE_syscall, CALLBACKTYPE_syscall32, CALLBACKTYPE_sysenter)
@@ -20,7 +20,7 @@ from miniguest.abi.xen import (HYPERVISOR_callback_op, HYPERVISOR_fpu_taskswitch
                                HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_update_descriptor,
                                VMASST_TYPE_architectural_iopl)
 from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
-from miniguest.hypervisor.ram import GuestFault, canonical
+from miniguest.hypervisor.ram import GuestFault
 from miniguest.hypervisor.x86.page_types import PGT_seg_desc, PGT_writable, PageTypeError
 from miniguest.hypervisor.vcpu import EFLAGS_IF, EFLAGS_IOPL, EFLAGS_VM, GuestCrash, TrapEntry
 

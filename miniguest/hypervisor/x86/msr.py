@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from miniguest.abi.arch_x86 import MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, MSR_TSC_AUX
-from miniguest.hypervisor.ram import canonical
+from miniguest.abi.arch_x86 import canonical
 from miniguest.hypervisor.vcpu import EFER_GUEST
 
 if TYPE_CHECKING:
