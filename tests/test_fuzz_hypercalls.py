@@ -9,7 +9,7 @@ import pytest
 
 from miniguest import Domain
 from miniguest.hypervisor import hypercall as hypercalls
-from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_seg_desc, PGT_writable, audit
+from miniguest.hypervisor.x86.page_types import PGT_l1, audit_domain
 from miniguest.hypervisor.vcpu import GuestCrash
 
 from guestlib import SELFTEST
@@ -25,22 +25,6 @@ def interesting(rng: random.Random, scratch: int) -> int:
         0xFFFF800000000000 + rng.randrange(1 << 20), 0xFFFF820000000000, rng.getrandbits(64),
         rng.getrandbits(32), rng.randrange(64),
     ])
-
-
-def type_roots(dom: Domain) -> list[tuple[int, int]]:
-    """References held outside the page tables: pins, base pointers, vcpu_info, GDT frames."""
-    roots = []
-    for mfn in range(dom.mem.nr_frames):
-        if dom.frames.pinned[mfn]:
-            roots.append((mfn, dom.frames.type[mfn]))
-    for v in dom.vcpus:
-        roots.append((v.guest_table, PGT_l4))
-        if v.guest_table_user:
-            roots.append((v.guest_table_user, PGT_l4))
-        if v.vcpu_info_view is not None:
-            roots.append((v.vcpu_info_mfn, PGT_writable))
-        roots.extend((mfn, PGT_seg_desc) for mfn in v.gdt_frames)
-    return roots
 
 
 def tables_of(dom: Domain) -> list[int]:
@@ -107,7 +91,7 @@ def test_page_table_updates_keep_the_type_counts_consistent(seed):
             hypercalls.call(vcpu, nr, args)
         except GuestCrash:
             pass
-    problems = audit(dom.frames, dom.domid, type_roots(dom))
+    problems = audit_domain(dom)
     assert not problems, problems[:10]
     dom.close()
 
@@ -139,7 +123,7 @@ def test_random_hypercalls_never_raise(seed):
             dom.state = "running"
         vcpu.blocked = False
         assert not dom.crash_report or "internal error" not in dom.crash_report, dom.crash_report
-    assert not audit(dom.frames, dom.domid, type_roots(dom))
+    assert not audit_domain(dom)
     dom.close()
 
 

@@ -50,4 +50,4 @@ def test_start_info_and_layout(boot_guest, scramble):
 
 def test_scrambled_mfns_are_a_permutation(boot_guest):
     dom = boot_guest(SELFTEST, cmdline="layout", scramble_mfns=True).domain
-    assert sorted(dom.p2m) == list(range(dom.nr_pages)) and dom.p2m != sorted(dom.p2m)
+    assert sorted(dom.p2m) == list(range(dom.nr_pages)) and list(dom.p2m) != sorted(dom.p2m)

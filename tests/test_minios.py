@@ -123,7 +123,7 @@ def test_page_tables_after_init_mm(default_run: tuple[Domain, HypercallRecorder]
     ma, flags = aspace.walk(last)                                     # all RAM mapped 1:1, writable
     assert ma >> 12 == dom.p2m[dom.nr_pages - 1] and flags & _PAGE_RW
     # The L1s new_pt_frame made are pinned, and so are the L3/L2/L1 behind the grant table mapping.
-    pinned = sum(dom.frames.pinned)
+    pinned = len(dom.frames.pinned_frames())
     assert pinned >= 1 + (dom.nr_pages * PAGE - dom.layout.virt_pgtab_end) // (2 << 20) + 3
     gnt = aspace.walk(0x8000000000)
     assert gnt is not None and gnt[0] >> 12 == dom.grants.frames[0]

@@ -13,11 +13,13 @@ import random
 import threading
 import traceback
 import uuid as uuidlib
+from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from miniguest.abi.memory import E820_RAM
 from miniguest.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
+from miniguest.abi.xen import VMASST_TYPE_m2p_strict
 from miniguest.hypervisor.common.event_channel import EventChannels
 from miniguest.hypervisor.common.grant_table import MAX_GRANT_FRAMES, GrantTable
 from miniguest.hypervisor.common.sched import rearm_watchdog
@@ -29,7 +31,7 @@ from miniguest.hypervisor.ram import MachineMemory
 from miniguest.hypervisor.save import Fields, StateError, latin1, pack_array, unlatin1, unpack_array
 from miniguest.hypervisor.vclock import RealtimeClock, VirtualClock
 from miniguest.hypervisor.vcpu import Vcpu
-from miniguest.hypervisor.x86.page_types import FrameTable
+from miniguest.hypervisor.x86.page_types import FrameTable, audit_domain
 from miniguest.hypervisor.x86.xen_area import XenArea, xen_frames_needed
 
 if TYPE_CHECKING:
@@ -95,25 +97,28 @@ class Domain:
         # A maxmem below the memory is a cap the domain starts above (as after `xl mem-max`).
         max_pages = self.nr_pages if config.max_memory_mib is None else config.max_memory_mib * 256
         self.max_pages = max_pages
-        base = self.nr_pages + MAX_GRANT_FRAMES + max(0, max_pages - self.nr_pages)
-        nr_machine = base + xen_frames_needed(base)
+        first_xen = self.nr_pages + MAX_GRANT_FRAMES
+        free_after = max(0, max_pages - self.nr_pages)
+        nr_machine = first_xen + xen_frames_needed(first_xen, free_after) + free_after
         self.mem = MachineMemory(nr_machine)
         self.frames = FrameTable(self.mem)
         # pfn -> mfn. Scrambled: a fixed pseudo-random permutation, so pfn/mfn confusion shows up.
-        mfns = list(range(self.nr_pages))
         if config.scramble_mfns:
+            mfns = list(range(self.nr_pages))
             random.Random(config.scramble_seed).shuffle(mfns)
-        self.p2m = mfns
-        for mfn in mfns:
-            self.frames.owner[mfn] = self.domid
+            self.p2m = array("Q", mfns)
+            del mfns
+        else:
+            self.p2m = array("Q", range(self.nr_pages))
+        self.frames.assign_range(0, self.nr_pages, self.domid)
+        # Xen-heap pages shared with the domain (share_xen_page_with_guest): the grant-table frames and
+        # shared_info, writable by the guest and never anything else.
         self.grants = GrantTable(list(range(self.nr_pages, self.nr_pages + MAX_GRANT_FRAMES)))
-        for mfn in self.grants.frames:
-            self.frames.owner[mfn] = self.domid
-        self.xen = XenArea(self.mem, self.frames, self.nr_pages + MAX_GRANT_FRAMES)
-        self.frames.owner[self.xen.shared_info_mfn] = self.domid     # shared with the guest
-        self.frames.install_xen_l4_slots = self.xen.install_l4_slots
-        for pfn, mfn in enumerate(mfns):
-            self.xen.set_m2p(mfn, pfn)
+        self.xen = XenArea(self.mem, self.frames, first_xen)
+        for mfn in self.grants.frames + [self.xen.shared_info_mfn]:
+            self.frames.share_xen_page(mfn, self.domid)
+        self.frames.install_xen_l4_slots = lambda mfn: self.xen.install_l4_slots(mfn, ro_mpt=self.m2p_strict)
+        self.xen.fill_m2p(self.p2m)
         self._shared_info = self.mem.frame(self.xen.shared_info_mfn)
         self.events = EventChannels(self, config.max_evtchn_ports)
         self.timers = Timers()
@@ -168,6 +173,11 @@ class Domain:
 
     def set_m2p(self, mfn: int, pfn: int) -> None:
         self.xen.set_m2p(mfn, pfn)
+
+    @property
+    def m2p_strict(self) -> bool:
+        """VMASST_TYPE_m2p_strict: the read-only M2P is kept out of guest user mode's page tables."""
+        return bool(self.vm_assist & (1 << VMASST_TYPE_m2p_strict))
 
     def e820(self) -> list[tuple[int, int, int]]:
         return [(0, self.nr_pages * 4096, E820_RAM)]
@@ -403,15 +413,14 @@ class Domain:
         if f.int("nr_frames") != n:
             raise StateError(f"{f.obj['nr_frames']} machine frames, this configuration gives {n}")
         self.mem.restore(memory_image)
-        self.frames.restore({name: sections[f"frames.{name}"] for name in ("owner", "type", "count", "pinned")},
-                            self.domid)
+        self.frames.restore({name: sections.get(f"frames.{name}") for name in FrameTable.SECTIONS}, self.domid)
         for name in self.SAVED_FIELDS:
             setattr(self, name, f.int(name, 0, 1 << 40))
         self.grants.restore(f)
         p2m = unpack_array("Q", sections["p2m"], self.nr_pages, "p2m")
         if any(m != INVALID_P2M and m >= n for m in p2m):
             raise StateError("the p2m maps outside machine memory")
-        self.p2m = p2m
+        self.p2m = array("Q", p2m)
         state = f.str("state")
         if state not in SAVABLE_STATES:
             raise StateError(f"domain.state {state!r} is not a stopped state")
@@ -436,6 +445,11 @@ class Domain:
         self._restore_timers(record.list("timers", 1 << 16))
         for wid in f.ints("watchdogs", 1, 2, 2):
             self.watchdogs.setdefault(wid, -1)            # allocated, already fired: no timer left
+        # The page-type state grants the guest its mappings: it must add up (every reference accounted for,
+        # nothing the guest reaches maps a page table or a Xen frame writable) before the guest runs on it.
+        problems = audit_domain(self)
+        if problems:
+            raise StateError(f"the page-type state does not add up: {problems[0]}")
         for v in self.vcpus:
             v.flush_tlb()
 

@@ -29,7 +29,7 @@ from miniguest.hypervisor.hostloop import HostLoop
 from miniguest.hypervisor.ram import AddressSpace, GuestFault
 from miniguest.hypervisor.vcpu import Vcpu
 from miniguest.hypervisor.vcpu_regs import save as _save_registers
-from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PageTypeError
+from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, PageTypeError
 
 __all__ = ["Host", "GrantMapping", "VcpuContext", "Domain", "DomainConfig", "Vcpu", "AddressSpace", "HostLoop",
            "Dom0Evtchn", "EvtchnError", "GrantError", "GuestFault", "PageTypeError", "Symbolizer", "NO_SYMBOLS", "CREATED",
@@ -134,9 +134,16 @@ class Host:
     def map_foreign(self, domid: int, mfn: int) -> memoryview:
         """dom0 mapping a guest frame (xenforeignmemory_map): a 4 KiB view of a frame the domain owns."""
         dom = self.domains.get(domid)
-        if dom is None or not 0 <= mfn < dom.mem.nr_frames or dom.frames.owner[mfn] != domid:
+        if dom is None or not dom.frames.owned_by(mfn, domid):
             raise PermissionError(f"d{domid} does not own mfn {mfn:#x}")
-        dom.foreign_mapped.add(mfn)          # dom0 holds it now: Xen would not free it under the mapping
+        if mfn not in dom.foreign_mapped:
+            # dom0's writable mapping holds a writable type reference (Xen's get_page_from_l1e for a foreign
+            # frame), so the guest can never turn a frame dom0 writes into a page table.
+            try:
+                dom.frames.get_type(mfn, PGT_writable, domid)
+            except PageTypeError as e:
+                raise PermissionError(f"d{domid} mfn {mfn:#x} cannot be mapped writable: {e}") from None
+            dom.foreign_mapped.add(mfn)      # dom0 holds it now: Xen would not free it under the mapping
         return dom.mem.frame(mfn)
 
     def map_grant_ref(self, domid: int, ref: int, readonly: bool = False) -> GrantMapping:

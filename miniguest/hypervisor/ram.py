@@ -147,8 +147,13 @@ class AddressSpace:
                 return None
             rw &= entry
             user &= entry
-            if shift != 12 and entry & _PAGE_PSE:
-                return None          # no superpages for PV guests: treat as unmapped
+            if shift in (21, 30) and entry & _PAGE_PSE:
+                # A superpage: only Xen's own mappings have them (the read-only M2P), guests may not.
+                size = 1 << shift
+                base = entry & PTE_ADDR_MASK & ~(size - 1)
+                if base + size > limit:
+                    return None
+                return base | (va & (size - 1)), rw | user | _PAGE_PRESENT
             table = entry & PTE_ADDR_MASK
         ma = table | (va & (PAGE_SIZE - 1))
         if table + PAGE_SIZE > limit:

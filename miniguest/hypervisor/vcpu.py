@@ -185,6 +185,8 @@ class Vcpu:
         CS/SS the flat kernel selectors. The first slice runs Xen's one `iretq` from the per-domain stub."""
         uc = self.uc
         self.guest_table = l4_mfn
+        if not self.domain.m2p_strict:
+            self.domain.xen.fill_ro_mpt(l4_mfn)     # as arch_set_info_guest does for the first CR3
         self.load_cr3(l4_mfn)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_GUEST)
         frame = HV_STACK_VA

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from miniguest import __version__
 from miniguest.hypervisor.host import Host
 from miniguest.hypervisor.save import Fields, StateError
+from miniguest.hypervisor.x86.page_types import FrameTable
 from miniguest.toolstack.libelf import ImageError
 from miniguest.toolstack.libxl import Guest, create_domain
 
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from miniguest.hypervisor.host import Domain
 
 FORMAT = "miniguest-snapshot"
-VERSION = 1
-SECTIONS = ("memory", "image", "frames.owner", "frames.type", "frames.count", "frames.pinned", "p2m")
+VERSION = 2              # 2: the frame table carries flags (validated, pinned, Xen heap) and linear counts
+SECTIONS = ("memory", "image", *(f"frames.{name}" for name in FrameTable.SECTIONS), "p2m")
 
 # Domain attributes: carried (by Domain.save or the toolstack's backends) or rebuilt/attached anew by the
 # toolstack. An attribute in neither is state nobody saves yet: tests/regress/test_snapshot.py fails.

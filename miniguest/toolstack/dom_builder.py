@@ -9,6 +9,8 @@ shared_info with events masked on vCPU 0, and sets the vCPU's entry registers.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from typing import Optional
 
 from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, L1_PROT, L2_PROT, _PAGE_RW, canonical
@@ -102,7 +104,9 @@ class Builder:
             if tail:
                 self.write_pfn(layout.mod_pfn + len(module) // PAGE, bytes(tail), len(module) % PAGE)
         # p2m list.
-        self.write_pfn(layout.p2m_pfn, struct.pack(f"<{d.nr_pages}Q", *d.p2m))
+        p2m = d.p2m if isinstance(d.p2m, array) else array("Q", d.p2m)
+        self.write_pfn(layout.p2m_pfn, memoryview(p2m).cast("B") if sys.byteorder == "little"
+                       else struct.pack(f"<{d.nr_pages}Q", *p2m))
         self._page_tables()
         self._start_info()
         if notes.hypercall_page is not None:

@@ -139,8 +139,7 @@ def test_file_round_trip_and_info(tmp_path):
     stack = dom.xen.stack_mfn * 4096                    # Xen's stack holds the restore's re-entry frame
     assert bytes(restored.mem.mv[:stack]) == bytes(dom.mem.mv[:stack])
     assert bytes(restored.mem.mv[stack + 4096:]) == bytes(dom.mem.mv[stack + 4096:])
-    assert restored.frames.owner == dom.frames.owner and restored.frames.type == dom.frames.type
-    assert restored.frames.count == dom.frames.count and restored.frames.pinned == dom.frames.pinned
+    assert restored.frames.save() == dom.frames.save()
     assert restored.p2m == dom.p2m
 
 
@@ -199,6 +198,36 @@ def test_debug_and_cr4_state_is_carried():
         Snapshot.from_bytes(bad.to_bytes()).restore()
 
 
+def _with_frames(snap, change):
+    """A copy of a captured snapshot whose frame-table arrays went through `change(arrays)`."""
+    import array
+    secs = dict(snap.container.sections)
+    arrays = {}
+    for name, code in (("owner", "h"), ("type", "B"), ("count", "I"), ("flags", "B")):
+        arrays[name] = array.array(code, secs[f"frames.{name}"])
+    change(arrays)
+    for name, a in arrays.items():
+        secs[f"frames.{name}"] = a.tobytes()
+    snap.container.sections = secs
+    return Snapshot.from_bytes(snap.to_bytes())
+
+
+def test_a_page_type_state_that_does_not_add_up_is_refused():
+    """A file's frame table is checked against the page tables it comes with (page_types.audit_domain):
+    an extra type reference, a page table turned into a writable page, a Xen-heap page made pinnable."""
+    dom, _ = stopped_after(SELFTEST, 20, cmdline="layout")
+    l4 = dom.vcpus[0].guest_table
+    shared = dom.xen.shared_info_mfn
+    cases = [(lambda a: a["count"].__setitem__(l4, a["count"][l4] + 1), "count"),
+             (lambda a: a["type"].__setitem__(l4, 7), "type|writable|references"),
+             (lambda a: (a["count"].__setitem__(shared, 0), a["type"].__setitem__(shared, 0)), "count|type")]
+    for change, message in cases:
+        bad = _with_frames(Snapshot.capture(dom), change)
+        with pytest.raises(SnapshotError, match="page-type state does not add up.*(" + message + ")"):
+            bad.restore()
+    assert Snapshot.capture(dom).restore().state == dom.state
+
+
 def test_timer_virq_binding_is_restored():
     """A restored vCPU knows VIRQ_TIMER is bound: stopping and restarting its periodic timer re-arms it, as
     in the original domain."""
@@ -246,7 +275,7 @@ def _rewrite_header(data: bytes, change) -> bytes:
     (lambda d: d[:100], "does not fit"),
     (lambda d: d[:8] + struct.pack("<I", 9) + d[12:], "container version 9"),
     (lambda d: d[:-10] + bytes(10), "corrupt|checksum|longer"),
-    (lambda d: _rewrite_header(d, lambda h: h.update(version=2)), "header version 2"),
+    (lambda d: _rewrite_header(d, lambda h: h.update(version=1)), "header version 1"),
     (lambda d: _rewrite_header(d, lambda h: h["events"]["ports"].append([9999, 2, 0, 0, 1, -1])), "out of range"),
     (lambda d: _rewrite_header(d, lambda h: h["vcpus"][0]["regs"].update(rip=-1)), "regs.rip"),
     (lambda d: _rewrite_header(d, lambda h: h["vcpus"][0]["pv"].update(gdt_frames=[10 ** 9])), "gdt_frames"),

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Optional
 from miniguest.abi.arch_x86 import PTE_ADDR_MASK, _PAGE_PRESENT
 from miniguest.abi.xen import DOMID_SELF
 from miniguest.hypervisor.ram import GuestFault, guest_range_ok
-from miniguest.hypervisor.x86.page_types import OWNER_NONE, PGT_l1, PGT_none
+from miniguest.hypervisor.x86.page_types import OWNER_NONE, PGT_l1
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -77,10 +77,7 @@ def _alloc(dom: "Domain", order: int) -> Optional[int]:
     for base in range(0, dom.mem.nr_frames - n + 1, n):
         if all(owner[m] == OWNER_NONE for m in range(base, base + n)):
             for m in range(base, base + n):
-                owner[m] = dom.domid
-                dom.frames.type[m] = PGT_none
-                dom.frames.count[m] = 0
-                dom.frames.pinned[m] = False
+                dom.frames.assign(m, dom.domid)
                 dom.mem.clear_frame(m)
                 dom.xen.set_m2p(m, INVALID_ENTRY)
             dom.tot_pages += n
@@ -173,7 +170,7 @@ def decrease_reservation(vcpu: "Vcpu", arg: int, start_extent: int) -> int:
             if frames.owner[mfn] != dom.domid:
                 dom.log_once(("decrease", "foreign"), f"decrease_reservation: bad page free of mfn {mfn:#x}")
                 return i             # -ENXIO ("Bad page free")
-            if frames.pinned[mfn]:
+            if frames.is_pinned(mfn):
                 frames.unpin(mfn, dom.domid)
             pfn = dom.xen.get_m2p(mfn)
             if pfn < len(dom.p2m) and dom.p2m[pfn] == mfn:
@@ -183,8 +180,7 @@ def decrease_reservation(vcpu: "Vcpu", arg: int, start_extent: int) -> int:
                 held = _held_by_others(dom) | _mapped_by_l1s(dom)
             if frames.count[mfn] or mfn in held:
                 continue             # still referenced: stays allocated (see the module docstring)
-            frames.owner[mfn] = OWNER_NONE
-            frames.type[mfn] = PGT_none
+            frames.release(mfn)
             dom.tot_pages -= 1
         i += 1
     vcpu.flush_tlb()

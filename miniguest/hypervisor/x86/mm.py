@@ -1,6 +1,6 @@
 """Page-table hypercalls: mmu_update, mmuext_op, update_va_mapping, vm_assist.
 
-All of them go through the FrameTable (pagetable.py), which enforces Xen's rules. After any change the
+All of them go through the FrameTable (page_types.py), which enforces Xen's rules. After any change the
 Unicorn TLB is flushed: Xen requires the guest to ask for flushes, but flushing more than asked is always
 allowed, and it closes the window where a stale writable translation outlives a frame's promotion to a
 page table.
@@ -11,7 +11,7 @@ import struct
 from typing import TYPE_CHECKING, Callable
 
 from miniguest.abi import errno
-from miniguest.abi.arch_x86 import _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, PTE_ADDR_MASK
+from miniguest.abi.arch_x86 import _PAGE_PRESENT, _PAGE_PSE, PTE_ADDR_MASK
 from miniguest.abi.xen import (DOMID_SELF, HYPERVISOR_mmu_update, HYPERVISOR_mmuext_op,
                                HYPERVISOR_update_va_mapping, HYPERVISOR_update_va_mapping_otherdomain,
                                HYPERVISOR_vm_assist, MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE,
@@ -24,7 +24,7 @@ from miniguest.abi.xen import (DOMID_SELF, HYPERVISOR_mmu_update, HYPERVISOR_mmu
                                UVMF_LOCAL, VMASST_CMD_disable, VMASST_CMD_enable, VMASST_VALID_PV64)
 from miniguest.hypervisor.hypercall import HypercallError, hypercall
 from miniguest.hypervisor.ram import GuestFault, guest_range_ok
-from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, PageTypeError
+from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, TYPE_NAMES, PageTypeError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -55,18 +55,24 @@ def _report_done(vcpu: "Vcpu", pdone: int, done: int) -> None:
 
 
 def normal_pt_update(dom: "Domain", ptr: int, val: int, preserve_ad: bool) -> None:
+    """MMU_NORMAL_PT_UPDATE / MMU_PT_UPDATE_PRESERVE_AD on the entry at machine address ptr (Xen's
+    do_mmu_update): an entry of a validated page table goes through mod_lN_entry; a frame of type writable
+    (or one that can take that type) is plain memory and is written as is; anything else is -EINVAL."""
     frames = dom.frames
     mfn = ptr >> 12
-    if mfn >= dom.mem.nr_frames or frames.owner[mfn] != dom.domid:
+    if not frames.owned_by(mfn, dom.domid):
         raise PageTypeError(-errno.EINVAL, f"mmu_update: mfn {mfn:#x} is not the domain's")
     index = (ptr & 0xFFF) >> 3
-    if frames.is_table(mfn):
-        if preserve_ad:
-            old = dom.mem.read_u64(ptr & ~7)
-            val |= old & (_PAGE_ACCESSED | _PAGE_DIRTY)
-        frames.update_entry(mfn, index, val, dom.domid)
+    if frames.lockable(mfn):
+        t = frames.type[mfn]
+        if PGT_l1 <= t <= PGT_l4:
+            frames.update_entry(mfn, index, val, dom.domid, preserve_ad)
+        elif t == PGT_writable:
+            dom.mem.write_u64((mfn << 12) + index * 8, val)
+        else:
+            raise PageTypeError(-errno.EINVAL, f"mmu_update: mfn {mfn:#x} is a {TYPE_NAMES[t]} page")
         return
-    # Not a page table: a plain write, allowed if the frame may be writable.
+    # Not validated or not referenced: a plain write, allowed if the frame may be writable.
     frames.get_type(mfn, PGT_writable, dom.domid)
     dom.mem.write_u64((mfn << 12) + index * 8, val)
     frames.put_type(mfn)
@@ -112,7 +118,7 @@ def _one_mmu_update(vcpu: "Vcpu", ptr: int, val: int) -> int:
             normal_pt_update(dom, ptr - cmd, val, cmd == MMU_PT_UPDATE_PRESERVE_AD)
         elif cmd == MMU_MACHPHYS_UPDATE:
             mfn = ptr >> 12
-            if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
+            if not dom.frames.owned_by(mfn, dom.domid):
                 raise PageTypeError(-errno.EINVAL, f"machphys update of foreign mfn {mfn:#x}")
             dom.set_m2p(mfn, val)
         else:
@@ -129,17 +135,27 @@ def mmu_update(vcpu: "Vcpu", ureqs: int, count: int, pdone: int, foreigndom: int
 
 
 def switch_base(vcpu: "Vcpu", mfn: int, user: bool) -> None:
+    """MMUEXT_NEW_BASEPTR (Xen's new_guest_cr3) and MMUEXT_NEW_USER_BASEPTR: take an L4 reference on the new
+    table (validating it if need be), then drop the old one. The same table again changes nothing; a user
+    base pointer of 0 means none. The read-only M2P slot follows VMASST_TYPE_m2p_strict (fill_ro_mpt for a
+    kernel table without it, zap_ro_mpt for a user table with it)."""
     dom = vcpu.domain
     frames = dom.frames
     old = vcpu.guest_table_user if user else vcpu.guest_table
-    if user and mfn == 0:
-        vcpu.guest_table_user = 0
-    else:
+    if mfn == old:
+        if not user and vcpu.kernel_mode:
+            vcpu.load_cr3(mfn)           # write_ptbase: the same table, reloaded
+        return
+    if mfn or not user:
         frames.get_type(mfn, PGT_l4, dom.domid)
-        if user:
-            vcpu.guest_table_user = mfn
-        else:
-            vcpu.guest_table = mfn
+        if user and dom.m2p_strict:
+            dom.xen.zap_ro_mpt(mfn)
+        elif not user and not dom.m2p_strict:
+            dom.xen.fill_ro_mpt(mfn)
+    if user:
+        vcpu.guest_table_user = mfn
+    else:
+        vcpu.guest_table = mfn
     if old:
         frames.put_type(old)
     if vcpu.kernel_mode and not user:
@@ -189,28 +205,34 @@ def _one_mmuext(vcpu: "Vcpu", cmd: int, arg1: int, arg2: int) -> int:
             return -errno.EINVAL
         vcpu.ldt = (arg1, ents)
         return 0
-    if cmd in (MMUEXT_CLEAR_PAGE, MMUEXT_COPY_PAGE):
+    if cmd == MMUEXT_CLEAR_PAGE:
         frames.get_type(arg1, PGT_writable, dom.domid)
-        try:
-            if cmd == MMUEXT_CLEAR_PAGE:
-                dom.mem.clear_frame(arg1)
-            else:
-                src = arg2
-                if src >= dom.mem.nr_frames or frames.owner[src] != dom.domid:
-                    return -errno.EINVAL
-                dom.mem.mv[arg1 << 12:(arg1 + 1) << 12] = dom.mem.mv[src << 12:(src + 1) << 12]
-        finally:
-            frames.put_type(arg1)
+        dom.mem.clear_frame(arg1)
+        frames.put_type(arg1)
+        return 0
+    if cmd == MMUEXT_COPY_PAGE:
+        # Xen's order: the source must be the domain's (a general reference), then the destination must be
+        # the domain's and able to take a writable type reference; both failures are -EINVAL.
+        src = arg2
+        if not frames.owned_by(src, dom.domid):
+            return -errno.EINVAL
+        frames.get_type(arg1, PGT_writable, dom.domid)
+        dom.mem.mv[arg1 << 12:(arg1 + 1) << 12] = dom.mem.mv[src << 12:(src + 1) << 12]
+        frames.put_type(arg1)
         return 0
     return -errno.ENOSYS
 
 
 def l1_entry_for(vcpu: "Vcpu", va: int) -> tuple[int, int]:
-    """(L1 mfn, index) of the entry that maps va in the current page tables (Xen's map_guest_l1e)."""
+    """(L1 mfn, index) of the entry that maps va in the current page tables (Xen's map_guest_l1e, which
+    reads the L2 entry through the linear page table: every level present, the L2 entry not a superpage)."""
     mem = vcpu.domain.mem
     table = vcpu.aspace.cr3 & PTE_ADDR_MASK
     for shift in (39, 30, 21):
-        e = mem.read_u64(table + ((va >> shift) & 511) * 8)
+        ma = table + ((va >> shift) & 511) * 8
+        if ma + 8 > mem.size:
+            raise PageTypeError(-errno.EINVAL, f"no L1 table maps {va:#x}")
+        e = mem.read_u64(ma)
         if not e & _PAGE_PRESENT or (shift != 39 and e & _PAGE_PSE):
             raise PageTypeError(-errno.EINVAL, f"no L1 table maps {va:#x}")
         table = e & PTE_ADDR_MASK
@@ -225,25 +247,27 @@ def _flush_for(vcpu: "Vcpu", flags: int) -> None:
 
 
 def update_va_mapping_common(vcpu: "Vcpu", va: int, val: int, flags: int) -> int:
+    """Xen's __do_update_va_mapping: mod_l1_entry on the L1 entry that maps va, which must sit in a validated
+    L1 of the domain; a failed update skips the flush (and its vCPU-mask read)."""
     dom = vcpu.domain
-    rc = 0
+    frames = dom.frames
     try:
         if not guest_range_ok(va, 1):
             raise PageTypeError(-errno.EINVAL, f"{va:#x} is not a guest address")
         l1, index = l1_entry_for(vcpu, va)
-        if l1 >= dom.mem.nr_frames or dom.frames.owner[l1] != dom.domid or dom.frames.type[l1] != PGT_l1:
+        if not frames.owned_by(l1, dom.domid) or not frames.lockable(l1) or frames.type[l1] != PGT_l1:
             raise PageTypeError(-errno.EINVAL, f"the table mapping {va:#x} is not an L1 of the domain")
-        dom.frames.update_entry(l1, index, val, dom.domid)
+        frames.update_entry(l1, index, val, dom.domid)
     except PageTypeError as e:
         dom.log_once(("uvm", str(e)), f"update_va_mapping refused: {e}")
-        rc = e.err
+        return e.err
     finally:
         vcpu.flush_tlb()
     try:
         _flush_for(vcpu, flags)
     except GuestFault:
-        rc = -errno.EFAULT
-    return rc
+        return -errno.EFAULT
+    return 0
 
 
 @hypercall(HYPERVISOR_update_va_mapping, 3)
