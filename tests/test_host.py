@@ -35,13 +35,20 @@ def entry_flags(dom, ma: int) -> int:
     return struct.unpack_from("<H", dom.mem.mv, ma)[0]
 
 
+def data_pfn(dom, first: int = 100) -> int:
+    """A guest page that is plain data (no page-table or descriptor type)."""
+    return next(p for p in range(first, dom.nr_pages) if dom.frames.type[dom.p2m[p]] in (0, 7))
+
+
 def test_a_backend_maps_a_grant_writes_through_it_and_unmaps(minios):
     dom, host = minios, minios.host
-    ma = grant(dom, 10, 0, 100, GTF_permit_access)
+    pfn = data_pfn(dom)
+    ma = grant(dom, 10, 0, pfn, GTF_permit_access)
     m = host.map_grant_ref(dom.domid, 10)
     assert entry_flags(dom, ma) == GTF_permit_access | GTF_reading | GTF_writing
+    assert dom.frames.type[dom.p2m[pfn]] == 7                         # dom0's writable type reference
     m.view[0:5] = b"hello"
-    assert bytes(dom.mem.frame(dom.p2m[100])[0:5]) == b"hello"
+    assert bytes(dom.mem.frame(dom.p2m[pfn])[0:5]) == b"hello"
     ro = host.map_grant_ref(dom.domid, 10, readonly=True)             # a second, read-only mapping
     assert bytes(ro.view[0:5]) == b"hello" and ro.view.readonly
     view = m.view
@@ -54,6 +61,20 @@ def test_a_backend_maps_a_grant_writes_through_it_and_unmaps(minios):
     assert entry_flags(dom, ma) == GTF_permit_access                   # guest may end access now
     with pytest.raises(ValueError):
         host.unmap_grant_ref(ro)
+
+
+def test_a_page_table_granted_to_dom0_is_mapped_read_only_only(minios):
+    # Xen's map_grant_ref takes a writable type reference for a writable host mapping (could_not_pin:
+    # GNTST_general_error): dom0 never writes into a live page table of the guest.
+    dom, host = minios, minios.host
+    pfn = next(p for p in range(dom.nr_pages) if dom.frames.type[dom.p2m[p]] == 1)      # an L1
+    ma = grant(dom, 14, 0, pfn, GTF_permit_access)
+    with pytest.raises(GrantError) as info:
+        host.map_grant_ref(dom.domid, 14)
+    assert info.value.status == GNTST_general_error and entry_flags(dom, ma) == GTF_permit_access
+    ro = host.map_grant_ref(dom.domid, 14, readonly=True)
+    assert ro.view.readonly
+    host.unmap_grant_ref(ro)
 
 
 @pytest.mark.parametrize("ref,domid,flags,readonly,status", [

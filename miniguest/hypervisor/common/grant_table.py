@@ -329,6 +329,14 @@ def map_for_dom0(dom, ref: int, readonly: bool) -> int:
     mfn = pin[2] if pin is not None else frame
     if mfn >= dom.mem.nr_frames or dom.frames.owner[mfn] != dom.domid:
         raise GrantError(GNTST_bad_page, f"d{dom.domid} grant {ref} names a frame it does not own")
+    if not readonly:
+        # A writable host mapping holds a writable type reference (gnttab_host_mapping_get_page_type): a
+        # page table, a descriptor page, is never mapped writable by dom0 (could_not_pin).
+        try:
+            dom.frames.get_type(mfn, PGT_writable, dom.domid)
+        except PageTypeError as e:
+            raise GrantError(GNTST_general_error, f"d{dom.domid} grant {ref}: cannot map mfn {mfn:#x} "
+                                                  f"writable: {e}") from None
     if pin is None:
         pin = gt.dom0_pins[ref] = [0, 0, mfn]
     pin[0 if readonly else 1] += 1
@@ -340,6 +348,8 @@ def unmap_for_dom0(dom, ref: int, readonly: bool) -> None:
     """Drop one dom0 pin taken by map_for_dom0."""
     pin = dom.grants.dom0_pins[ref]
     pin[0 if readonly else 1] -= 1
+    if not readonly:
+        dom.frames.put_type(pin[2])
     if not pin[0] and not pin[1]:
         del dom.grants.dom0_pins[ref]
     _set_entry_flags(dom, ref)

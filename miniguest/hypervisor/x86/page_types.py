@@ -459,6 +459,8 @@ def type_roots(dom: "Domain") -> list[tuple[int, int]]:
     for m in dom.grants.maptrack:
         if m is not None and m.flags & 1 and not m.flags & 4:     # GNTMAP_device_map, not GNTMAP_readonly
             roots.append((m.mfn, PGT_writable))
+    for _, writable, mfn in dom.grants.dom0_pins.values():
+        roots.extend([(mfn, PGT_writable)] * writable)         # dom0's writable grant mappings
     roots.extend((mfn, PGT_writable) for mfn in sorted(dom.foreign_mapped))
     return roots
 
@@ -574,7 +576,7 @@ def audit_domain(dom: "Domain") -> list[str]:
     """Both audits for a domain: the reference recount and the reachable mappings."""
     roots = type_roots(dom)
     problems = audit(dom.frames, dom.domid, roots)
-    granted = {m.mfn for m in dom.grants.maptrack if m is not None}
+    granted = {m.mfn for m in dom.grants.maptrack if m is not None}      # (dom0's need no PTE of the guest)
     problems += audit_mappings(dom.frames, dom.domid, [(m, t) for m, t in roots if PGT_l1 <= t <= PGT_l4],
                                granted)
     return problems
