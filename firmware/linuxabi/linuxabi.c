@@ -15,8 +15,10 @@
 extern char _end[];
 extern unsigned long boot_entry_rsp;
 static int failures;
+void run_xsave(void);
+void run_hcalls(struct start_info *si);
 
-static void expect(const char *what, long got, long want)
+void expect(const char *what, long got, long want)
 {
     if (got == want)
         printk("%s = %ld ok\n", what, got);
@@ -63,6 +65,14 @@ void guest_main(struct start_info *si)
     unsigned long map_va = scratch_va + PAGE_SIZE;
     unsigned long l4 = virt_to_mfn((void *)si->pt_base);
     printk("linuxabi: hypercalls by syscall, no hypercall page\n");
+    if (!strcmp(si->cmd_line, "xsave") || !strcmp(si->cmd_line, "hcalls")) {
+        if (si->cmd_line[0] == 'x')
+            run_xsave();
+        else
+            run_hcalls(si);
+        printk("linuxabi: %s\n", failures ? "FAILED" : "all ok");
+        HYPERVISOR_shutdown(SHUTDOWN_poweroff);
+    }
     printk("flags = %x\n", si->flags);
     printk("mfn_list = %lx\n", si->mfn_list);
     printk("first_p2m_pfn = %lx\n", si->first_p2m_pfn);

@@ -125,6 +125,8 @@ class Domain:
         self.watchdogs: dict[int, int] = {}
         self.foreign_mapped: set[int] = set()     # frames dom0 maps (Host.map_foreign): the backends' rings
         self.vm_assist = 0
+        self.pirq_eoi_mfn = 0                     # PHYSDEVOP_pirq_eoi_gmfn: the guest's PIRQ EOI bitmap frame
+        self.pirq_eoi_auto_unmask = False         # ... registered with v1
         self.vcpus: list["Vcpu"] = []
         self.clock: VirtualClock
         self.state = CREATED
@@ -390,7 +392,8 @@ class Domain:
                        "crash_report": self.crash_report, "messages": list(self.messages),
                        "logged": [_key_to_json(k) for k in sorted(self._logged, key=repr)],
                        "hv_console_input": latin1(self.hv_console_input), "watchdogs": sorted(self.watchdogs),
-                       "xen_gdt_frames": self.xen.save_gdt()})
+                       "xen_gdt_frames": self.xen.save_gdt(), "pirq_eoi_mfn": self.pirq_eoi_mfn,
+                       "pirq_eoi_auto_unmask": self.pirq_eoi_auto_unmask})
         record = {"domain": domain, "clock": self.clock.save(), "timers": self.timers.save(),
                   "events": self.events.save(), "vcpus": [v.save() for v in self.vcpus]}
         sections = {"memory": self.mem.save(), "p2m": pack_array("Q", self.p2m)}
@@ -435,6 +438,9 @@ class Domain:
         self._logged = {_key_from_json(k) for k in f.list("logged")}
         self.hv_console_input = bytearray(unlatin1(f.str("hv_console_input"), "domain.hv_console_input"))
         self.xen.restore_gdt(f.ints("xen_gdt_frames", 0, n - 1, 64), "domain.xen_gdt_frames")
+        if f.has("pirq_eoi_mfn") and f.obj["pirq_eoi_mfn"]:         # (absent from older files: none)
+            self.pirq_eoi_mfn = self.check_frame(f.obj["pirq_eoi_mfn"], "domain.pirq_eoi_mfn")
+            self.pirq_eoi_auto_unmask = f.bool("pirq_eoi_auto_unmask")
         self.events.restore(record.sub("events"))
         vcpus = record.list("vcpus", 32)
         if len(vcpus) != len(self.vcpus):

@@ -95,6 +95,51 @@ def read_exception_state(uc: Uc) -> tuple[int, bool]:
     return err & 0xFFFFFFFF, bool(is_int)
 
 
+_xcr0_offset: Optional[int] = None
+# xor ecx,ecx; xor edx,edx; mov eax,1; xsetbv; xor eax,eax | mov eax,3; xsetbv; xor eax,eax; hlt
+_XCR0_CODE = bytes.fromhex("31c9" "31d2" "b801000000" "0f01d1" "31c0" "b803000000" "0f01d1" "31c0" "f4")
+CR4_OSXSAVE = 1 << 18
+
+
+def xcr0_offset() -> int:
+    """Where QEMU's CPUX86State keeps XCR0 in the saved context (no register id exposes it): found once per
+    process by running xsetbv at CPL 0 with two values and comparing the contexts."""
+    global _xcr0_offset
+    if _xcr0_offset is not None:
+        return _xcr0_offset
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x2000)
+    uc.mem_write(0x1000, _XCR0_CODE)
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_OSXSAVE | 0x200)
+    blobs = []
+    for start, count in ((0x1000, 5), (0x100e, 3)):       # through the first xsetbv, then the second
+        uc.emu_start(start, 0x1fff, count=count)
+        ctx = uc.context_save()
+        blobs.append(ctypes.string_at(ctx.context, ctx.size))
+    a, b = blobs
+    hits = [i for i in range(0, len(a) - 8, 8) if struct.unpack_from("<Q", a, i)[0] == 1
+            and struct.unpack_from("<Q", b, i)[0] == 3]
+    if len(hits) != 1:
+        raise UnicornLayoutError("could not locate XCR0 in Unicorn's CPU state (unexpected Unicorn build)")
+    _xcr0_offset = hits[0]
+    return _xcr0_offset
+
+
+def read_xcr0(uc: Uc) -> int:
+    ctx = uc.context_save()
+    return struct.unpack_from("<Q", ctypes.string_at(ctx.context, ctx.size), xcr0_offset())[0]
+
+
+def write_xcr0(uc: Uc, value: int) -> None:
+    """Load XCR0 (what xsave/xrstor/xgetbv use) as xsetbv at CPL 0 would; the value is already validated."""
+    off = xcr0_offset()
+    ctx = uc.context_save()
+    addr = ctypes.cast(ctx.context, ctypes.c_void_p).value
+    buf = (ctypes.c_char * ctx.size).from_address(addr)
+    struct.pack_into("<Q", buf, off, value)
+    uc.context_restore(ctx)
+
+
 class RegBatch:
     """Read/write a fixed list of registers with one uc_reg_{read,write}_batch call."""
 

@@ -28,16 +28,38 @@ TIMER_SLOP_LIMIT = 1 << 50           # Xen: timeouts this far ahead are treated 
 FAR_TIMEOUT_NS = 100_000_000
 
 
+VCPU_TIME_INFO_SIZE = 32
+
+
 def update_vcpu_time(vcpu: "Vcpu") -> None:
-    """Publish the time record with the version seqlock: odd while being written."""
+    """Publish the time record with the version seqlock: odd while being written. With a registered time
+    memory area (VCPUOP_register_vcpu_time_memory_area) the record is copied there too, through the guest
+    kernel's page tables, the same way (version odd, record, version even); a copy that faults is dropped,
+    as Xen's __copy_to_guest failures are."""
     view, off = vcpu._vi()
     base = off + VI_TIME
     version = struct.unpack_from("<I", view, base)[0]
-    struct.pack_into("<I", view, base, (version + 1) | 1)
+    odd = (version + 1) | 1
+    struct.pack_into("<I", view, base, odd)
     now = vcpu.domain.clock.now_ns()
     tsc = vcpu.domain.tsc_of(now)
-    struct.pack_into("<QQIbB", view, base + 8, tsc, now, TSC_TO_SYSTEM_MUL, TSC_SHIFT, XEN_PVCLOCK_TSC_STABLE_BIT)
-    struct.pack_into("<I", view, base, ((version + 1) | 1) + 1)
+    record = struct.pack("<QQIbB", tsc, now, TSC_TO_SYSTEM_MUL, TSC_SHIFT, XEN_PVCLOCK_TSC_STABLE_BIT)
+    view[base + 8:base + 8 + len(record)] = record
+    struct.pack_into("<I", view, base, odd + 1)
+    if vcpu.time_info_guest:
+        _copy_time_to_guest(vcpu, odd, record)
+
+
+def _copy_time_to_guest(vcpu: "Vcpu", odd: int, record: bytes) -> None:
+    from miniguest.hypervisor.ram import AddressSpace, GuestFault
+    aspace = AddressSpace(vcpu.domain.mem, vcpu.guest_table << 12)      # the guest kernel's tables
+    addr = vcpu.time_info_guest
+    try:
+        aspace.write(addr, struct.pack("<I", odd))
+        aspace.write(addr + 8, record)
+        aspace.write(addr, struct.pack("<I", odd + 1))
+    except GuestFault:
+        pass
 
 
 def set_wallclock(domain: "Domain", sec: int, nsec: int) -> None:

@@ -9,12 +9,14 @@ from miniguest.abi.shared_info import VCPU_INFO_SIZE
 from miniguest.abi.vcpu import (RUNSTATE_running, VCPU_SSHOTTMR_future, VCPUOP_NAMES, VCPUOP_down,
                                 VCPUOP_get_physid, VCPUOP_get_runstate_info, VCPUOP_initialise, VCPUOP_is_up,
                                 VCPUOP_register_runstate_memory_area, VCPUOP_register_vcpu_info,
+                                VCPUOP_register_vcpu_time_memory_area,
                                 VCPUOP_send_nmi, VCPUOP_set_periodic_timer, VCPUOP_set_singleshot_timer,
                                 VCPUOP_stop_periodic_timer, VCPUOP_stop_singleshot_timer, VCPUOP_up)
 from miniguest.abi.xen import HYPERVISOR_vcpu_op
 from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
 from miniguest.hypervisor.x86.page_types import PGT_writable
-from miniguest.hypervisor.common.time import update_vcpu_time
+from miniguest.hypervisor.common.time import VCPU_TIME_INFO_SIZE, update_vcpu_time
+from miniguest.hypervisor.ram import guest_range_ok
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -73,6 +75,15 @@ def vcpu_op(vcpu: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
     if cmd == VCPUOP_register_runstate_memory_area:
         addr = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
         target.runstate_area = addr
+        return 0
+    if cmd == VCPUOP_register_vcpu_time_memory_area:
+        # Xen's arch_do_vcpu_op: a guest address (checked to be one, not to be mapped) where every update of
+        # the vCPU's time record is copied too (the vDSO's pvclock page); 0 stops it.
+        addr = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
+        if addr and not guest_range_ok(addr, VCPU_TIME_INFO_SIZE):
+            return -errno.EFAULT
+        target.time_info_guest = addr
+        update_vcpu_time(target)
         return 0
     if cmd == VCPUOP_get_physid:
         return -errno.EPERM

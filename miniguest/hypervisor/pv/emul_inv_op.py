@@ -29,7 +29,7 @@ def emulate_invalid_op(vcpu: "Vcpu") -> None:
             vcpu.after_exception()
             return
         if code[5:7] == CPUID:
-            emulate_cpuid(vcpu)
+            emulate_cpuid(vcpu, via_ud=True)
             vcpu.set_rip(rip + 7)
             vcpu.after_exception()
             return

@@ -10,19 +10,21 @@ instruction, which raises the #GP an unprivileged domain gets from Xen.
 """
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Optional
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_OP_MEM, X86_REG_FS, X86_REG_GS, X86_REG_RBP, X86_REG_RSP
 from unicorn import x86_const as X
 
-from miniguest.abi.arch_x86 import TRAP_gp_fault, TRAP_stack_error, canonical
+from miniguest.abi.arch_x86 import TRAP_gp_fault, TRAP_invalid_op, TRAP_stack_error, canonical
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.pv.misc_hypercalls import get_debugreg, set_debugreg
 from miniguest.hypervisor.ram import GuestFault
-from miniguest.hypervisor.x86.cpu import CR0_GUEST, CR4_DE, CR4_GUEST
+from miniguest.hypervisor.vcpu import CR0_GUEST, CR4_DE, CR4_GUEST, CR4_OSXSAVE
 from miniguest.hypervisor.x86.cpuid import emulate_cpuid
 from miniguest.hypervisor.x86.msr import guest_rdmsr, guest_wrmsr
+from miniguest.hypervisor.x86.xstate import handle_xsetbv
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -75,6 +77,8 @@ def count_block_instructions(code: bytes, addr: int) -> tuple[int, list[int]]:
 def emulate_gp(vcpu: "Vcpu", rip: int, error_code: int) -> bool:
     """Handle a #GP from the guest. Returns True once it is fully dealt with (emulated or injected)."""
     if error_code == 0:
+        if _is_xsetbv(vcpu, rip):
+            return _emulate_xsetbv(vcpu, rip)
         length = _emulate_privileged(vcpu, rip) if vcpu.kernel_mode else 0
         if not length:
             length = _emulate_cli_sti(vcpu, rip)
@@ -118,6 +122,36 @@ def _stack_segment_fault(vcpu: "Vcpu", rip: int) -> bool:
     return False
 
 
+XSETBV = b"\x0f\x01\xd1"
+
+
+def _is_xsetbv(vcpu: "Vcpu", rip: int) -> bool:
+    plen, _, op = _decode(fetch_insn_bytes(vcpu, rip))
+    return op[:3] == XSETBV
+
+
+def _emulate_xsetbv(vcpu: "Vcpu", rip: int) -> bool:
+    """xsetbv (0f 01 d1) as x86_emulate does it for a PV guest: #UD unless the guest's CR4.OSXSAVE is set,
+    #GP(0) from guest user mode, else XCR0 via handle_xsetbv (#GP(0) for a bad index or value)."""
+    code = fetch_insn_bytes(vcpu, rip)
+    plen, _, op = _decode(code)
+    if code[:plen] and any(b in (0x66, 0xF2, 0xF3) for b in code[:plen]):
+        vcpu.inject_exception(TRAP_invalid_op, None, rip)         # a VEX/SIMD prefix: #UD
+        return True
+    if not vcpu.cr4_ctl & CR4_OSXSAVE:
+        vcpu.inject_exception(TRAP_invalid_op, None, rip)
+        return True
+    uc = vcpu.uc
+    index = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+    value = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
+    if not vcpu.kernel_mode or not handle_xsetbv(vcpu, index, value):
+        vcpu.inject_exception(TRAP_gp_fault, 0, rip)
+        return True
+    vcpu.domain.trace_privop(vcpu, rip, code[:plen + 3])
+    vcpu.set_rip(rip + plen + 3)
+    return True
+
+
 def _emulate_privileged(vcpu: "Vcpu", rip: int) -> int:
     """Emulate the instruction at rip; returns its length, or 0 if Xen would not emulate it."""
     code = fetch_insn_bytes(vcpu, rip)
@@ -126,8 +160,10 @@ def _emulate_privileged(vcpu: "Vcpu", rip: int) -> int:
         return 0
     uc = vcpu.uc
     if op[1] == 0x32:                                  # rdmsr
-        value = guest_rdmsr(vcpu, uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF)
+        msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        value = guest_rdmsr(vcpu, msr)
         if value is None:
+            vcpu.domain.log_once(("rdmsr", msr), f"RDMSR {msr:#010x} unimplemented: #GP")
             return 0
         uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
         uc.reg_write(X.UC_X86_REG_RDX, value >> 32)
@@ -135,7 +171,10 @@ def _emulate_privileged(vcpu: "Vcpu", rip: int) -> int:
     if op[1] == 0x30:                                  # wrmsr
         msr = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         value = (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFFFFFF) << 32 | (uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF)
-        return plen + 2 if guest_wrmsr(vcpu, msr, value) else 0
+        if guest_wrmsr(vcpu, msr, value):
+            return plen + 2
+        vcpu.domain.log_once(("wrmsr", msr), f"WRMSR {msr:#010x} value {value:#x} refused: #GP")
+        return 0
     if op[1] in (0x20, 0x21, 0x22, 0x23) and len(op) >= 3:   # mov from/to a control or debug register
         modrm = op[2]
         if modrm >> 6 != 3:
@@ -163,7 +202,8 @@ def read_cr(vcpu: "Vcpu", cr: int) -> Optional[int]:
     if cr == 0:
         return CR0_GUEST | (8 if vcpu.cr0_ts else 0)
     if cr == 2:
-        return vcpu.guest_cr2
+        view, off = vcpu._vi()
+        return struct.unpack_from("<Q", view, off + 0x10)[0]
     if cr == 3:
         return (vcpu.guest_table if vcpu.kernel_mode else vcpu.guest_table_user) << 12
     if cr == 4:
@@ -192,9 +232,10 @@ def write_cr(vcpu: "Vcpu", cr: int, value: int) -> bool:
         # Xen's pv_fixup_guest_cr4: a PV guest's %cr4 write never faults. The guest controls only
         # TSD|DE|FSGSBASE|OSXSAVE, each if its CPUID policy has the feature; anything else is discarded
         # and reads back as Xen's own visible bits (CR4_GUEST). Of those, this CPU model gives the guest
-        # DE; FSGSBASE is not in our policy, TSD and OSXSAVE (xsetbv emulation) are not modelled and read
-        # back clear.
-        vcpu.cr4_ctl = value & CR4_DE
+        # DE and OSXSAVE (which gates xsetbv); FSGSBASE is not in our policy and TSD is not modelled (it
+        # reads back clear).
+        from miniguest.hypervisor.x86.cpuid import has
+        vcpu.cr4_ctl = value & (CR4_DE | (CR4_OSXSAVE if has("XSAVE") else 0))
         return True
     return False
 
@@ -277,4 +318,4 @@ def emulate_rdtsc(vcpu: "Vcpu", rdtscp: bool) -> None:
     uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
     uc.reg_write(X.UC_X86_REG_RDX, tsc >> 32)
     if rdtscp:
-        uc.reg_write(X.UC_X86_REG_RCX, vcpu.id)
+        uc.reg_write(X.UC_X86_REG_RCX, vcpu.tsc_aux)

@@ -1,75 +1,26 @@
-"""The small PV hypercalls (Xen: xen/arch/x86/pv/misc-hypercalls.c): stack_switch, set_segment_base,
-fpu_taskswitch, and the debug registers (set_debugreg/get_debugreg, which `mov %drN` emulation also uses).
+"""Debug registers of a PV guest (Xen: xen/arch/x86/pv/misc-hypercalls.c, set_debugreg/get_debugreg, and
+the hypercalls of the same names).
 
-Debug registers: DR0-3 take any address a guest may name (below 2^47 or above Xen's range), DR6/DR7 keep their fixed bits,
-DR4/5 alias DR6/7 while CR4.DE is clear. The values are the guest's view only: breakpoints are not armed in
-the CPU model, so a DR7 that enables one is refused (#GP) rather than accepted and silently ignored.
-Reached from `mov %drN` emulation (pv/emul_priv_op.py).
+DR0-3 take any address a guest may name (below 2^47 or above Xen's range: else -EPERM), DR6/DR7 keep their
+fixed bits and refuse the reserved upper half (-EINVAL), DR7.GD is privileged (-EPERM), DR4/5 alias DR6/7
+while CR4.DE is clear (-ENODEV when set). The values are the guest's view only: breakpoints are not armed in
+the CPU model, so a DR7 that enables one is refused (-EPERM, #GP for `mov`) rather than accepted and
+silently ignored. Reached from `mov %drN` emulation (pv/emul_priv_op.py) and HYPERVISOR_{set,get}_debugreg.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from unicorn import x86_const as X
-
 from miniguest.abi import errno
-from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_ENTRY, HYPERVISOR_VIRT_END, MSR_FS_BASE, MSR_GS_BASE,
-                                    SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL, canonical)
-from miniguest.abi.xen import HYPERVISOR_fpu_taskswitch, HYPERVISOR_set_segment_base, HYPERVISOR_stack_switch
+from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END
+from miniguest.abi.xen import HYPERVISOR_get_debugreg, HYPERVISOR_set_debugreg, HYPERVISOR_xenpmu_op
 from miniguest.hypervisor.hypercall import hypercall
-from miniguest.hypervisor.x86.cpu import CR4_DE, DR6_DEFAULT, DR7_DEFAULT
+from miniguest.hypervisor.vcpu import CR4_DE, DR6_DEFAULT, DR7_DEFAULT
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
 
 
-@hypercall(HYPERVISOR_stack_switch, 2)
-def stack_switch(vcpu: "Vcpu", ss: int, sp: int) -> int:
-    vcpu.kernel_ss = (ss & 0xFFFF) | 3
-    vcpu.kernel_sp = sp
-    return 0
-
-
-@hypercall(HYPERVISOR_set_segment_base, 2, subop_arg=0, subop_names={
-    SEGBASE_FS: "fs", SEGBASE_GS_USER: "gs_user", SEGBASE_GS_KERNEL: "gs_kernel", SEGBASE_GS_USER_SEL: "gs_user_sel"})
-def set_segment_base(vcpu: "Vcpu", which: int, base: int) -> int:
-    uc = vcpu.uc
-    which &= 0xFFFFFFFF
-    if which == SEGBASE_GS_USER_SEL:
-        sel = base & 0xFFFF
-        if sel & ~3 and not _selector_ok(vcpu, sel):
-            return -errno.EINVAL
-        vcpu.gs_sel_user = sel | 3 if sel & ~3 else 0
-        vcpu.gs_base_user = 0
-        return 0
-    if not canonical(base):
-        return -errno.EINVAL
-    if which == SEGBASE_FS:
-        uc.msr_write(MSR_FS_BASE, base)
-    elif which == SEGBASE_GS_USER:
-        vcpu.gs_base_user = base
-    elif which == SEGBASE_GS_KERNEL:
-        uc.msr_write(MSR_GS_BASE, base)
-        vcpu.gs_base_kernel = base
-    else:
-        return -errno.EINVAL
-    return 0
-
-
-def _selector_ok(vcpu: "Vcpu", sel: int) -> bool:
-    index = sel >> 3
-    return bool(sel & 4) or index < vcpu.gdt_ents or index >= FIRST_RESERVED_GDT_ENTRY
-
-
-@hypercall(HYPERVISOR_fpu_taskswitch, 1)
-def fpu_taskswitch(vcpu: "Vcpu", set_ts: int) -> int:
-    cr0 = vcpu.uc.reg_read(X.UC_X86_REG_CR0)
-    vcpu.cr0_ts = bool(set_ts)
-    vcpu.uc.reg_write(X.UC_X86_REG_CR0, cr0 | 8 if set_ts else cr0 & ~8)
-    return 0
-
-
-# -- debug registers --------------------------------------------------------------------------------------
 def _dr_alias(vcpu: "Vcpu", dr: int) -> Optional[int]:
     if dr in (4, 5):
         return None if vcpu.cr4_ctl & CR4_DE else dr + 2
@@ -83,21 +34,53 @@ def get_debugreg(vcpu: "Vcpu", dr: int) -> Optional[int]:
 
 
 def set_debugreg(vcpu: "Vcpu", dr: int, value: int) -> bool:
-    """Set %drN; False when Xen refuses the value (#GP / -EPERM)."""
-    dr = _dr_alias(vcpu, dr)
-    if dr is None:
-        return False
+    """Set %drN from a `mov`; False when Xen refuses the value (#GP)."""
+    return set_debugreg_errno(vcpu, dr, value) == 0
+
+
+DR7_GD = 1 << 13
+DR7_ACTIVE_MASK = 0xFF
+
+
+def set_debugreg_errno(vcpu: "Vcpu", dr: int, value: int) -> int:
+    """Xen's set_debugreg: 0, or the negative errno of its refusal."""
     regs = vcpu.debugreg
     if dr < 4:
         if not (value < (1 << 47) or value >= HYPERVISOR_VIRT_END):
-            return False
+            return -errno.EPERM
         regs[dr] = value
-    elif dr == 6:
+        return 0
+    if dr in (4, 5) and vcpu.cr4_ctl & CR4_DE:
+        return -errno.ENODEV
+    if dr in (4, 6):
+        if value >> 32:
+            return -errno.EINVAL
         regs[6] = (value & 0x0000E00F) | DR6_DEFAULT      # B0-3, BD, BS, BT; the rest reads as 1s/0s
-    elif dr == 7:
-        if value & 0xFF or value >> 32:                   # L0-3/G0-3 would arm a breakpoint: not modelled
-            return False
-        regs[7] = (value & 0xFFFF2700) | DR7_DEFAULT
-    else:
-        return False
-    return True
+        return 0
+    if dr in (5, 7):
+        if value >> 32:
+            return -errno.EINVAL
+        if value & DR7_GD:
+            return -errno.EPERM
+        if value & DR7_ACTIVE_MASK:
+            return -errno.EPERM                           # would arm a breakpoint: not modelled
+        regs[7] = (value & 0xFFFF2700 & ~DR7_GD) | DR7_DEFAULT
+        return 0
+    return -errno.ENODEV
+
+
+@hypercall(HYPERVISOR_set_debugreg, 2)
+def do_set_debugreg(vcpu: "Vcpu", reg: int, value: int) -> int:
+    return set_debugreg_errno(vcpu, reg & 0xFFFFFFFF, value)
+
+
+@hypercall(HYPERVISOR_get_debugreg, 1)
+def do_get_debugreg(vcpu: "Vcpu", reg: int) -> int:
+    value = get_debugreg(vcpu, reg & 0xFFFFFFFF)
+    return -errno.ENODEV if value is None else value
+
+
+@hypercall(HYPERVISOR_xenpmu_op, 2)
+def do_xenpmu_op(vcpu: "Vcpu", op: int, arg: int) -> int:
+    """Xen's do_xenpmu_op with the vPMU off (its default, vpmu=0): -EOPNOTSUPP for every operation."""
+    return -errno.EOPNOTSUPP

@@ -442,7 +442,8 @@ _BIG_ENDIAN = array("H", [1]).tobytes() != b"\x01\x00"
 # -- the audit --------------------------------------------------------------------------------------------
 def type_roots(dom: "Domain") -> list[tuple[int, int]]:
     """The type references held from outside any page table (mfn, type): pins, each vCPU's kernel and user
-    base pointers, a registered vcpu_info, GDT frames, writable device mappings of grants, the permanent
+    base pointers, a registered vcpu_info, GDT frames, the PIRQ EOI bitmap frame, writable device mappings
+    of grants, the permanent
     references of Xen-heap pages, and frames dom0 maps (a foreign writable mapping holds a writable
     reference, as in Xen's get_page_from_l1e)."""
     frames = dom.frames
@@ -462,6 +463,8 @@ def type_roots(dom: "Domain") -> list[tuple[int, int]]:
     for _, writable, mfn in dom.grants.dom0_pins.values():
         roots.extend([(mfn, PGT_writable)] * writable)         # dom0's writable grant mappings
     roots.extend((mfn, PGT_writable) for mfn in sorted(dom.foreign_mapped))
+    if getattr(dom, "pirq_eoi_mfn", 0):
+        roots.append((dom.pirq_eoi_mfn, PGT_writable))            # PHYSDEVOP_pirq_eoi_gmfn's reference
     return roots
 
 
