@@ -203,9 +203,15 @@ def _watch_gdb(proc: subprocess.Popen, stub, sigint_handler) -> None:
     import threading
 
     def on_main_thread() -> None:
-        signal.signal(signal.SIGINT, sigint_handler)
+        from miniguest.hypervisor.domain import on_sigint
+        # Python's default handler would raise KeyboardInterrupt inside whatever hook runs; on_sigint asks
+        # the running domain to stop instead (and is Python's default when none runs).
+        signal.signal(signal.SIGINT, on_sigint if sigint_handler is signal.default_int_handler
+                      else sigint_handler)
         if stub.epoch == 0:
             stub.kill()
+        elif not stub.domain.finished:
+            _err("gdb has exited; the guest runs on (Ctrl-C stops it)")
 
     def wait() -> None:
         proc.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import threading
 import traceback
 import uuid as uuidlib
@@ -59,6 +60,21 @@ HOST_POLL_SLICE = 2_000_000
 # a hypercall. Ending a slice at a block boundary changes nothing the guest can observe.
 MAX_SLICE = 50_000_000
 MAX_MESSAGES = 1000
+
+
+# Domains in run() on the main thread: what Ctrl-C stops.
+_sigint_domains: list["Domain"] = []
+
+
+def on_sigint(signum: int, frame: Any) -> None:
+    """The SIGINT handler while a domain runs on the main thread: stop it at the next opportunity. Python
+    runs a signal handler wherever the interpreter is -- inside a hook or the clock's callback called from
+    C, where a KeyboardInterrupt would be swallowed or cut a hypercall in half -- so this one only asks;
+    the run loop ends the domain as STOPPED. With no domain running it is Python's KeyboardInterrupt."""
+    if not _sigint_domains:
+        raise KeyboardInterrupt
+    for d in list(_sigint_domains):
+        d.interrupt()
 
 
 @dataclass
@@ -145,6 +161,7 @@ class Domain:
         self.messages: list[str] = []
         self._logged: set[Any] = set()
         self._pause_requested = threading.Event()
+        self._interrupted = False
 
     # -- construction -------------------------------------------------------------------------------------
     def create_vcpus(self, count: int = 1) -> None:
@@ -281,6 +298,14 @@ class Domain:
         if not self.host.loop.closed:
             self.host.loop.call_soon(lambda: None)
 
+    def interrupt(self) -> None:
+        """Stop the domain from the host (Ctrl-C): it ends as STOPPED at the next opportunity. Takes no lock
+        and calls nothing that could: safe from a signal handler and from any thread."""
+        self._interrupted = True
+        self.kick()
+        if not self.host.loop.closed:
+            self.host.loop.wake()
+
     def kick(self) -> None:
         for v in self.vcpus:
             try:
@@ -299,8 +324,18 @@ class Domain:
         vcpu = self.vcpus[0]
         clock = self.clock
         budget = self.config.max_instructions
+        main = threading.current_thread() is threading.main_thread()
+        handler_installed = False
+        if main:
+            _sigint_domains.append(self)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, on_sigint)
+                handler_installed = True
         try:
             while self.state == RUNNING:
+                if self._interrupted:
+                    self.state = STOPPED
+                    break
                 if self._pause_requested.is_set():
                     self._pause_requested.clear()
                     self.state = PAUSED
@@ -323,8 +358,12 @@ class Domain:
                 deadline = limit if deadline is None else min(deadline, limit)
                 clock.set_deadline(deadline)
                 vcpu.run_slice()
+                clock.take_interrupt()
                 if vcpu.pending_intercepts:
                     vcpu.install_intercepts()
+                if self._interrupted and self.state == RUNNING:
+                    self.state = STOPPED
+                    break
                 if budget is not None and clock.icount >= budget and self.state == RUNNING:
                     self.state = BUDGET
                     self.log(f"instruction budget of {budget} exhausted")
@@ -334,6 +373,10 @@ class Domain:
             self.state = STOPPED
         finally:
             self.host.loop.set_kick(None)
+            if main:
+                _sigint_domains.remove(self)
+                if handler_installed and signal.getsignal(signal.SIGINT) is on_sigint:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
         if self.finished:
             for cb in self.on_final:
                 cb(self)

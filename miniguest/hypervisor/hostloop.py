@@ -74,13 +74,17 @@ class HostLoop:
         """Run `fn()` on the loop thread at the next opportunity. Safe from any thread."""
         with self._lock:
             self._calls.append(fn)
+        self.wake()
+        kick = self._kick
+        if kick is not None:
+            kick()
+
+    def wake(self) -> None:
+        """Wake a loop sleeping in poll(). Takes no lock: safe from a signal handler."""
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):
             pass
-        kick = self._kick
-        if kick is not None:
-            kick()
 
     # -- servicing ----------------------------------------------------------------------------------------
     def poll(self, timeout: Optional[float] = 0.0) -> bool:

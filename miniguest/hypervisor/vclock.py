@@ -76,15 +76,32 @@ class VirtualClock:
         self._c.count_block = ctypes.cast(self._count_cb, ctypes.c_void_p).value
         self.idle_ns = 0
         self._within: dict[tuple[int, int], int] = {}
+        # A KeyboardInterrupt (or SystemExit) raised inside the count callback -- a Python signal handler
+        # runs wherever the interpreter is, this callback included -- cannot propagate through C: it is
+        # kept here, the CPU is stopped, and the run loop raises it (take_interrupt) after the run slice.
+        self.pending_interrupt: Optional[BaseException] = None
 
-    @staticmethod
-    def _safe_count(fn: Callable[[int, int], int]) -> Callable[[int, int], int]:
+    def _safe_count(self, fn: Callable[[int, int], int]) -> Callable[[int, int], int]:
         def count(addr: int, size: int) -> int:
-            try:
-                return max(1, int(fn(addr, size)))
-            except Exception:           # a callback from C must never raise: count the block as 1
-                return 1
+            for _ in range(2):
+                try:
+                    return max(1, int(fn(addr, size)))
+                except Exception:       # a callback from C must never raise: count the block as 1
+                    return 1
+                except BaseException as e:
+                    # Not the guest's doing: remember it, stop the CPU after this block and count the
+                    # block properly (the count is cached: a wrong one would change virtual time for good).
+                    if self.pending_interrupt is None:
+                        self.pending_interrupt = e
+                    self._c.deadline = 0
+            return 1
         return count
+
+    def take_interrupt(self) -> None:
+        """Raise what interrupted the count callback, if anything did (the run loop calls this)."""
+        e, self.pending_interrupt = self.pending_interrupt, None
+        if e is not None:
+            raise e
 
     def attach(self, uc) -> int:
         """Install the block hook on a Unicorn instance; returns the hook handle."""
