@@ -1,6 +1,16 @@
-"""Top-level test configuration: the pytester plugin, for tests that run pytest on a small test file
-(tests/regress/test_plugin.py exercises miniguest's own pytest plugin that way), and the page-type audit
-that runs after every test on every domain the test created or used."""
+"""Top-level test configuration.
+
+- The pytester plugin, for tests that run pytest on a small test file (tests/regress/test_plugin.py
+  exercises miniguest's own pytest plugin that way).
+- The page-type audit that runs after every test on every domain the test created or used.
+- Markers (declared in pyproject.toml): `slow` marks tests that take seconds of CPU -- guest rebuilds, real
+  gdb sessions, fuzzing, long boots, property tests. `python3 -m pytest -q -n auto -m "not slow"` is the
+  quick subset (under a minute); the README's command runs everything.
+- Parallel runs (pytest-xdist, `-n auto`): every test must be independent of the others and of the order
+  they run in. Put files under `tmp_path` (never in the repository or a fixed /tmp name), sockets there too,
+  listen on port 0 and read the port back, build domains in the test (each has its own Host); wait for the
+  state you need (guestlib.wait_until, guestlib.read_until) instead of sleeping for a fixed time.
+"""
 from __future__ import annotations
 
 import pytest

@@ -5,7 +5,8 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 from miniguest import Domain
 
@@ -56,3 +57,37 @@ def facts(text: str) -> dict[str, str]:
 def cli(*args: str, timeout: float = 120, input: Optional[bytes] = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "miniguest.cli", *args], capture_output=True, timeout=timeout,
                           cwd=ROOT, input=input)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "the condition") -> Any:
+    """Poll `predicate` until it returns something true (returned) -- for tests that must wait for a state
+    of another thread or process before acting. Fails the test after `timeout` seconds, a bound for a
+    machine under load, never a measurement."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def read_until(stream: Any, needle: str, timeout: float = 60, sofar: str = "") -> str:
+    """Read a child's output pipe until `needle` appears (what has been read so far is returned); fails the
+    test after `timeout` seconds. Use it to wait for the state a signal or input must find."""
+    import select
+    out = sofar
+    end = time.monotonic() + timeout
+    fd = stream.fileno()
+    while needle not in out:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout} s waiting for {needle!r}; got:\n{out}")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                raise AssertionError(f"output ended before {needle!r}; got:\n{out}")
+            out += data.decode("utf-8", "replace")
+    return out

@@ -112,11 +112,10 @@ def test_ctrl_c_stops_a_spinning_guest():
     import signal
     import subprocess
     import sys
-    import time
-    from guestlib import ROOT
+    from guestlib import ROOT, read_until
     p = subprocess.Popen([sys.executable, "-m", "miniguest.cli", "boot", SELFTEST, "--cmdline", "spin"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.5)
+    read_until(p.stdout, "scenario 'spin'")              # the guest runs: Ctrl-C now finds it spinning
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=20)
     assert p.returncode == 130, err.decode()

@@ -14,6 +14,8 @@ from miniguest.hypervisor.vcpu import GuestCrash
 
 from guestlib import SELFTEST
 
+pytestmark = pytest.mark.slow        # thousands of random hypercalls: seconds of CPU
+
 PAGE = 4096
 SKIP = {23}          # iret: tested on its own below (it rewrites the CPU state by design)
 
@@ -128,16 +130,32 @@ def test_random_hypercalls_never_raise(seed):
 
 
 def test_iret_with_garbage_frames_crashes_cleanly():
+    """HYPERVISOR_iret on random frames: an unreadable frame crashes the domain with a reason naming iret;
+    a readable one is loaded as Xen's do_iret loads it (rip, rsp, rax, the event mask from IF)."""
+    import struct
+    from unicorn import x86_const as X
     rng = random.Random(7)
+    crashed = loaded = 0
     for _ in range(20):
         dom = Domain.from_elf(SELFTEST, cmdline="hang")
         vcpu = dom.vcpus[0]
         sp = dom.layout.stack + 16 * 4096
-        vcpu.mem.write(sp, bytes(rng.getrandbits(8) for _ in range(72)))
-        from unicorn import x86_const as X
-        vcpu.uc.reg_write(X.UC_X86_REG_RSP, sp if rng.random() < 0.8 else 0x7FF000000000)
+        frame = bytes(rng.getrandbits(8) for _ in range(72))
+        frame = frame[:40] + (struct.unpack_from("<Q", frame, 40)[0] & ~3).to_bytes(8, "little") + frame[48:]
+        vcpu.mem.write(sp, frame)                      # (cs with RPL 0: no switch to user page tables)
+        rsp = sp if rng.random() < 0.8 else 0x7FF000000000
+        vcpu.uc.reg_write(X.UC_X86_REG_RSP, rsp)
         try:
-            hypercalls.call(vcpu, 23, (0, 0, 0, 0, 0))
-        except GuestCrash:
-            pass
+            result = hypercalls.call(vcpu, 23, (0, 0, 0, 0, 0))
+        except GuestCrash as e:
+            assert "HYPERVISOR_iret" in str(e) and rsp != sp, e
+            crashed += 1
+        else:
+            rax, r11, rcx, flags, rip, cs, rflags, new_rsp, ss = struct.unpack("<9Q", frame)
+            assert result is None and rsp == sp
+            assert vcpu.uc.reg_read(X.UC_X86_REG_RAX) == rax
+            assert vcpu.uc.reg_read(X.UC_X86_REG_RSP) == new_rsp
+            assert vcpu.upcall_mask == (0 if rflags & 0x200 else 1)
+            loaded += 1
         dom.close()
+    assert crashed and loaded

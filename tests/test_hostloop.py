@@ -36,9 +36,28 @@ def test_reader_writer_and_cross_thread_calls():
 
 
 def test_kick_is_called_from_other_threads():
+    """Another thread's call_soon kicks the CPU from that thread and wakes a loop sleeping in poll(None); the
+    call itself runs on the loop's thread."""
     loop = HostLoop()
-    kicked = threading.Event()
-    loop.set_kick(kicked.set)
-    loop.call_soon(lambda: None)
-    assert kicked.is_set()
+    kicked_from: list[int] = []
+    ran_on: list[int] = []
+    loop.set_kick(lambda: kicked_from.append(threading.get_ident()))
+    sleeping = threading.Event()
+    original_select = loop._selector.select
+
+    def select(timeout=None):
+        sleeping.set()                                 # the loop thread is about to sleep
+        return original_select(timeout)
+    loop._selector.select = select
+
+    def other() -> None:
+        assert sleeping.wait(10)
+        loop.call_soon(lambda: ran_on.append(threading.get_ident()))
+    t = threading.Thread(target=other)
+    t.start()
+    assert loop.poll(None)                             # sleeps until the other thread's call arrives
+    t.join(10)
+    assert not t.is_alive()
+    assert kicked_from == [t.ident]
+    assert ran_on == [threading.get_ident()]
     loop.close()

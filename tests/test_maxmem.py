@@ -8,7 +8,7 @@ from miniguest.regress.snapshot import Snapshot
 from guestlib import SELFTEST, cli, facts, selftest
 
 
-@pytest.mark.parametrize("maxmem,grown", [(None, 0), (34, 512), (31, 0)])
+@pytest.mark.parametrize("maxmem,grown", [(None, 0), pytest.param(34, 512, marks=pytest.mark.slow), (31, 0)])
 def test_growing_up_to_maxmem(maxmem, grown):
     dom = selftest("grow", maxmem=maxmem)
     f = facts(dom.console.text)
@@ -25,6 +25,7 @@ def test_maxmem_does_not_move_the_other_machine_frames():
     big.close()
 
 
+@pytest.mark.slow
 def test_snapshot_keeps_the_room_to_grow():
     from miniguest import Domain
     dom = Domain.from_elf(SELFTEST, cmdline="grow", maxmem=33)
@@ -35,12 +36,14 @@ def test_snapshot_keeps_the_room_to_grow():
     restored.close()
 
 
+@pytest.mark.slow
 def test_cli_maxmem():
     r = cli("boot", SELFTEST, "-c", "grow", "--maxmem", "33", "--quiet", "--console-log", "/dev/stdout")
     assert r.returncode == 0
     assert b"grown_pages = 256" in r.stdout
 
 
+@pytest.mark.slow
 def test_xl_config_maxmem(tmp_path):
     cfg = tmp_path / "g.cfg"
     cfg.write_text(f'kernel = "{SELFTEST}"\nmemory = 32\nmaxmem = 33\nextra = "grow"\n')

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 from guestlib import selftest
 
@@ -14,12 +13,12 @@ def slept_ns(text: str) -> int:
 
 
 def test_virtual_time_jumps_over_idle_periods_and_is_exact():
-    t = time.perf_counter()
     dom = selftest("sleep 2000")
-    wall = time.perf_counter() - t
     elapsed = slept_ns(dom.console.text)
     assert 2_000_000_000 <= elapsed < 2_000_000_100     # the deadline, plus the few instructions after it
-    assert wall < 1.5                                    # two guest seconds, no host waiting
+    # The two guest seconds were skipped while idle, not executed or waited for: almost all of the guest's
+    # time is the clock's idle jump, and only a few thousand instructions ran.
+    assert dom.clock.idle_ns >= 1_999_990_000 and dom.clock.icount < 1_000_000
     again = selftest("sleep 2000")
     assert slept_ns(again.console.text) == elapsed       # deterministic
     dom.close()
@@ -27,11 +26,9 @@ def test_virtual_time_jumps_over_idle_periods_and_is_exact():
 
 
 def test_realtime_follows_the_host_clock():
-    t = time.perf_counter()
     dom = selftest("sleep 300", realtime=True)
-    wall = time.perf_counter() - t
-    assert slept_ns(dom.console.text) >= 300_000_000
-    assert wall >= 0.3
+    assert slept_ns(dom.console.text) >= 300_000_000    # the guest measured host time ...
+    assert dom.clock.icount < 1_000_000                  # ... while blocked on the host, not spinning
     dom.close()
 
 

@@ -4,9 +4,9 @@ exception-in-progress state, left set when a hook stops the CPU, turned the gues
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from guestlib import wait_until
 from regresslib import MINIOS, SELFTEST, PauseAfter, lines, trace_run, traced
 
 
@@ -37,7 +37,7 @@ def test_pause_from_another_thread_and_resume():
     result: list[str] = []
     t = threading.Thread(target=lambda: result.append(dom.run()))
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: dom.clock.icount > 1_000_000, what="the guest to spin")
     dom.pause()
     t.join(10)
     assert not t.is_alive() and result == ["paused"]

@@ -19,6 +19,7 @@ def test_hello(boot_guest, golden):
 '''
 
 
+@pytest.mark.slow
 def test_golden_update_then_compare_then_divergence(pytester):
     pytester.makepyfile(test_user_golden=GOLDEN_TEST)
     result = pytester.runpytest("-q")
@@ -36,6 +37,7 @@ def test_golden_update_then_compare_then_divergence(pytester):
     result.stdout.fnmatch_lines(["*traces differ at record 3 (fields: result)*", "*xen_version(version)*"])
 
 
+@pytest.mark.slow
 def test_golden_dir_is_configurable(pytester):
     pytester.makeini("[pytest]\nminiguest_golden_dir = goldens\n")
     pytester.makepyfile(test_user_golden=GOLDEN_TEST)
@@ -43,6 +45,7 @@ def test_golden_dir_is_configurable(pytester):
     assert (pytester.path / "goldens" / "hello.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_xtf_results_map_to_pytest_outcomes(pytester):
     pytester.makepyfile(test_user_xtf=f'''
 import pytest
@@ -72,6 +75,7 @@ def test_crash(xtf_run):
     result.stdout.fnmatch_lines(["*XTF: FAILURE*", "*XtfError: XTF: ERROR*", "*XtfError: XTF: CRASH*crash*"])
 
 
+@pytest.mark.slow
 def test_xtf_binaries_are_collected_with_the_option(pytester):
     shutil.copy(SELFTEST, pytester.path / "test-pv64-selftest")
     pytester.runpytest("-q").assert_outcomes()                # not collected without --xtf
@@ -80,6 +84,7 @@ def test_xtf_binaries_are_collected_with_the_option(pytester):
     result.stdout.fnmatch_lines(["*XTF: CRASH (test-pv64-selftest*"])
 
 
+@pytest.mark.slow
 def test_collected_xtf_tests_have_an_instruction_budget(pytester):
     shutil.copy(SELFTEST, pytester.path / "test-pv64-selftest")
     result = pytester.runpytest("-q", "--xtf", "--xtf-budget", "1000")

@@ -2,10 +2,8 @@
 and freezing/thawing a running domain from another thread."""
 from __future__ import annotations
 
-import time
-
 import pytest
-from guestlib import cli, facts
+from guestlib import cli, facts, wait_until
 from regresslib import SELFTEST, traced
 
 from miniguest import Domain
@@ -59,16 +57,18 @@ def test_maxmem_option_and_trace_of_reservations(tmp_path):
     assert populate and all('"result":0' in line for line in populate)
 
 
+@pytest.mark.slow
 def test_freeze_and_thaw_from_another_thread():
     dom, _ = traced(SELFTEST, cmdline="spin", max_instructions=300_000_000)
     runner = DomainThread(dom).start()
-    time.sleep(0.02)
+    wait_until(lambda: dom.clock.icount > 1_000_000, what="the guest to spin")
     assert runner.pause()
     frozen = dom.clock.icount
-    time.sleep(0.05)
+    assert dom.state == "paused"
+    runner.thread.join(0.05)                      # give a frozen domain the chance to move on: it must not
     assert dom.clock.icount == frozen and dom.state == "paused"
     runner.resume()
-    time.sleep(0.02)
+    wait_until(lambda: dom.clock.icount > frozen, what="the thawed guest to run")
     assert runner.pause()
     assert dom.clock.icount > frozen
     runner.resume()

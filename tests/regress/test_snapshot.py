@@ -67,6 +67,7 @@ def test_scrambled_mfns_restore_identically():
     remaining_equal(MINIOS, 100, scramble_mfns=True)
 
 
+@pytest.mark.slow
 def test_many_variations_from_one_snapshot():
     """One snapshot after boot, restored again and again: with and without injected faults."""
     dom, tracer = stopped_after(MINIOS, 60)
@@ -293,6 +294,7 @@ def test_hostile_snapshot_files_fail_with_one_line(good_bytes, mutate, message):
     assert "\n" not in text and re.search(message, text), text
 
 
+@pytest.mark.slow
 def test_cli_snapshot_save_info_run(tmp_path):
     from guestlib import cli
     snap = tmp_path / "m.snap"

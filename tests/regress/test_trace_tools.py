@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from guestlib import cli
 from regresslib import HELLO, MINIOS, trace_run
 
@@ -46,6 +48,7 @@ def test_every_subop_with_a_struct_has_a_decoder():
         assert (name, subop) in have, (name, subop)
 
 
+@pytest.mark.slow
 def test_show_diff_export_cli(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     assert cli("trace", "record", HELLO, "-o", str(a), "--quiet").returncode == 0
