@@ -11,9 +11,11 @@ import time
 from typing import Any, Callable, Optional, Union
 
 from miniguest.backends.console import HV, RING, ConsoleBackend, ConsoleLog
+from miniguest.backends.xenbus import BUS_SERVICE, XenbusBackendBus
 from miniguest.backends.xenstore import Dom0Store, XenstoreDaemon, populate_domain
 from miniguest.hypervisor.host import Domain, DomainConfig, Host
 from miniguest.hypervisor.save import Fields
+from miniguest.toolstack.device import devices_destroy
 from miniguest.toolstack.dom_builder import build_domain
 from miniguest.toolstack.layout import Layout
 from miniguest.toolstack.libelf import ImageError, KernelImage, parse_kernel, read_image_file
@@ -44,6 +46,18 @@ class Guest(Domain):
         Options: see create_domain (memory_mib, cmdline, module (bytes or path), name, scramble_mfns,
         max_instructions, console_output: a callable receiving console bytes, ...)."""
         return create_domain(path, **options)
+
+    def destroy_devices(self) -> None:
+        """libxl__devices_destroy: remove every split-driver device of the domain from the store."""
+        if self.store is not None:
+            devices_destroy(self.store, self.domid)
+
+    def close(self) -> None:
+        self.destroy_devices()
+        bus = self.host.services.get(BUS_SERVICE)
+        if isinstance(bus, XenbusBackendBus):
+            bus.reporters.pop(self.domid, None)
+        super().close()
 
     # -- saved state: the domain's, plus dom0's backends (hypervisor/save.py) -----------------------------
     def save(self) -> tuple[dict, dict[str, bytes]]:
@@ -134,6 +148,12 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                     console_mfn=console_mfn)
     domain.xenstored = daemon
     domain.store = daemon.dom0
+    # dom0's xenbus for split-driver backends: what they report about this domain goes to its log. When the
+    # domain ends, its devices go (as xl destroys a domain that shut down): the backends let go of its grants
+    # and event channels and flush what it wrote.
+    bus = XenbusBackendBus.of(host, daemon.dom0)
+    bus.reporters[domain.domid] = domain.log
+    domain.on_final.append(lambda d: d.destroy_devices())
     if store_socket:
         daemon.listen_unix(store_socket, host.loop)
     return domain
