@@ -349,7 +349,11 @@ class Domain:
                     self.state = PAUSED
                     break
                 if vcpu.started:
-                    vcpu.deliver_events()
+                    # guarded: a bounce frame the guest's stack cannot take crashes the domain (Xen's
+                    # create_bounce_frame -> domain_crash), here as inside a hypercall
+                    vcpu._guard(vcpu.deliver_events)
+                    if self.state != RUNNING:
+                        break
                 deadline = self.timers.next_deadline()
                 if budget is not None:
                     budget_ns = clock.idle_ns + budget
