@@ -30,6 +30,7 @@ the wrong type.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from array import array
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
@@ -164,8 +165,15 @@ class FrameTable:
         return self.count[mfn] > 0 and bool(self.flags[mfn] & PGT_validated)
 
     def frames_with_flag(self, flag: int) -> list[int]:
-        flags = self.flags
-        return [mfn for mfn, f in enumerate(flags.tobytes()) if f & flag]
+        return _positions(self.flags, [v for v in range(256) if v & flag])
+
+    def frames_of_type(self, *types: int) -> list[int]:
+        """Frames whose type is one of `types` (referenced or not)."""
+        return _positions(self.type, types)
+
+    def referenced_frames(self) -> list[int]:
+        """Frames with a non-zero type count."""
+        return sorted({p >> 2 for p in _positions(self.count, range(1, 256))})
 
     def pinned_frames(self) -> list[int]:
         return self.frames_with_flag(PGT_pinned)
@@ -437,6 +445,16 @@ class FrameTable:
 
 
 _BIG_ENDIAN = array("H", [1]).tobytes() != b"\x01\x00"
+_BYTE_CLASSES: dict[tuple[int, ...], "re.Pattern[bytes]"] = {}
+
+
+def _positions(view: memoryview, values: Iterable[int]) -> list[int]:
+    """Byte offsets in `view` whose byte is one of `values` (a regex scan: C speed over big tables)."""
+    key = tuple(sorted(set(values)))
+    pattern = _BYTE_CLASSES.get(key)
+    if pattern is None:
+        pattern = _BYTE_CLASSES[key] = re.compile(b"[" + b"".join(re.escape(bytes([v])) for v in key) + b"]")
+    return [m.start() for m in pattern.finditer(view.cast("B"))]
 
 
 # -- the audit --------------------------------------------------------------------------------------------
@@ -476,14 +494,14 @@ def audit(frames: FrameTable, domid: int, roots: Iterable[tuple[int, int]]) -> l
     expected: dict[int, list[int]] = {}
     for mfn, t in roots:
         expected.setdefault(mfn, []).append(t)
-    types = frames.type.tolist()
-    counts = frames.count.tolist()
-    flags = frames.flags.tobytes()
+    types = frames.type
+    counts = frames.count
+    flags = frames.flags
     linear: dict[int, int] = {}
     problems: list[str] = []
-    for mfn in range(n):
+    for mfn in frames.frames_of_type(PGT_l1, PGT_l2, PGT_l3, PGT_l4):
         level = types[mfn]
-        if not (PGT_l1 <= level <= PGT_l4 and counts[mfn]):
+        if not counts[mfn]:
             continue
         if not flags[mfn] & PGT_validated:
             problems.append(f"mfn {mfn:#x}: L{level} with {counts[mfn]} references is not validated")
@@ -504,7 +522,7 @@ def audit(frames: FrameTable, domid: int, roots: Iterable[tuple[int, int]]) -> l
                 linear[target] = linear.get(target, 0) - 1
             else:
                 expected.setdefault(target, []).append(level - 1)
-    for mfn in sorted(set(expected) | {m for m in range(n) if counts[m]}):
+    for mfn in sorted(set(expected) | set(frames.referenced_frames())):
         refs = expected.get(mfn, [])
         if not 0 <= mfn < n:
             problems.append(f"mfn {mfn:#x}: referenced but not a machine frame")
@@ -516,7 +534,7 @@ def audit(frames: FrameTable, domid: int, roots: Iterable[tuple[int, int]]) -> l
                             f"{sorted({TYPE_NAMES.get(t, t) for t in refs})}")
         if refs and frames.owner[mfn] != domid:
             problems.append(f"mfn {mfn:#x}: referenced but owned by {frames.owner[mfn]}")
-    stored = {mfn: v for mfn, v in enumerate(frames.linear.tolist()) if v}
+    stored = {mfn: frames.linear[mfn] for mfn in sorted({p >> 1 for p in _positions(frames.linear, range(1, 256))})}
     if stored != linear:
         problems.append(f"linear_pt_count {stored} but the tables give {linear}")
     return problems
@@ -558,6 +576,8 @@ def audit_mappings(frames: FrameTable, domid: int, roots: Iterable[tuple[int, in
                 else:
                     todo.append((target, level - 1, writable))
                 continue
+            if xen_entry and not writable:
+                continue                          # Xen's own read-only mapping (the M2P): nothing to check
             span = 1 if level == PGT_l1 else 512 ** (level - 1)
             for f in range(target, target + span):
                 where = f"mfn {mfn:#x} slot {i:#x} (as L{level}) maps mfn {f:#x}"
