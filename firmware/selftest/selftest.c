@@ -116,6 +116,8 @@ void guest_main(struct start_info *start)
         run_badptr();
     } else if (is("mmu")) {
         run_mmu();
+    } else if (is("hostile")) {
+        run_hostile();
     } else if (is("balloon")) {
         run_balloon();
     } else if (is("minigaps")) {

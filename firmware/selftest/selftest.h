@@ -12,6 +12,7 @@ void expect(const char *what, long got, long want);
 void run_layout(void);
 void run_badptr(void);
 void run_mmu(void);
+void run_hostile(void);
 void run_balloon(void);
 void run_usermode(void);
 void run_evtchn(void);
