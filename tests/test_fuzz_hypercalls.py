@@ -10,7 +10,7 @@ import pytest
 from miniguest import Domain
 from miniguest.hypervisor import hypercall as hypercalls
 from miniguest.hypervisor.x86.page_types import PGT_l1, audit_domain
-from miniguest.hypervisor.vcpu import GuestCrash
+from miniguest.hypervisor.crash import GuestCrash
 
 from guestlib import SELFTEST
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from miniguest.hypervisor.disasm import describe_insn
-from miniguest.hypervisor.pv.emul_priv_op import read_cr
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
     from miniguest.hypervisor.vcpu import Vcpu
+
+
+class GuestCrash(Exception):
+    """Raised inside hypervisor code paths when the guest must be crashed (Xen's domain_crash): the vCPU's
+    hook turns it into Domain.crash with this report."""
 
 
 class Symbolizer(Protocol):
@@ -42,7 +46,7 @@ def crash_report(domain: "Domain", vcpu: Optional["Vcpu"], why: str) -> str:
         regs = vcpu.regs()
         # The guest's CR2 is the one Xen keeps for it in vcpu_info.arch.cr2 (what `mov %cr2` returns to it);
         # Unicorn's own CR2 register also changes with hypervisor-internal accesses.
-        cr2 = read_cr(vcpu, 2) or 0
+        cr2 = vcpu.guest_cr2
         cr3 = vcpu.aspace.cr3
     except Exception as e:          # the CPU itself is unreadable: say so rather than fail
         lines.append(f"  (registers unavailable: {e})")

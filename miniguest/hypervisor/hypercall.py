@@ -117,6 +117,6 @@ def load_families() -> None:
         return
     from miniguest.hypervisor.common import (console, domctl, event_channel_op, grant_table,  # noqa: F401
                                              kernel, memory, multicall, sched, time, vcpu_op)
-    from miniguest.hypervisor.pv import misc_hypercalls, traps  # noqa: F401
+    from miniguest.hypervisor.pv import callback, descriptor_tables, iret, misc_hypercalls, traps  # noqa: F401
     from miniguest.hypervisor.x86 import mm, physdev  # noqa: F401
     _loaded = True

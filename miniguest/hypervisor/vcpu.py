@@ -24,44 +24,25 @@ from miniguest.abi.arch_x86 import (ERROR_CODE_VECTORS, FLAT_KERNEL_CS, FLAT_KER
 from miniguest.abi.shared_info import (VCPU_INFO_SIZE, VI_ARCH_CR2, VI_UPCALL_MASK, VI_UPCALL_PENDING)
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor import vcpu_regs
+from miniguest.hypervisor.common.time import VcpuTimer
+from miniguest.hypervisor.crash import GuestCrash
+from miniguest.hypervisor.hypercall import dispatch
+from miniguest.hypervisor.pv import emul_priv_op as privop
+from miniguest.hypervisor.pv.emul_inv_op import emulate_invalid_op
+from miniguest.hypervisor.pv.traps import TrapEntry, software_interrupt, sysenter_entry
 from miniguest.hypervisor.ram import AddressSpace, GuestFault
 from miniguest.hypervisor.save import Fields, StateError
 from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, hook_syscall_raw, read_exception_state
+from miniguest.hypervisor.x86.cpu import (CR0_GUEST, CR4_REAL, DR6_DEFAULT, DR7_DEFAULT, EFER_GUEST,
+                                          EFLAGS_CLEAR_ON_BOUNCE, EFLAGS_DF, EFLAGS_IF, EFLAGS_IOPL,
+                                          PV_CR4_GUEST_MASK)
+from miniguest.hypervisor.x86.xstate import load_xcr0, valid_xcr0, xcr0_max
 from miniguest.hypervisor.x86.xen_area import ENTRY_STUB_VA, GDT_VIRT_START, HV_STACK_VA, NEVER_EXECUTED_VA
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
 
-_dispatch_fn = None
-
-
-def _dispatch():
-    """hypercalls.dispatch, imported on first use (hypercalls imports the families, which import us)."""
-    global _dispatch_fn
-    if _dispatch_fn is None:
-        from miniguest.hypervisor.hypercall import dispatch
-        _dispatch_fn = dispatch
-    return _dispatch_fn
-
 _U64 = struct.Struct("<Q")
-EFLAGS_IF = 1 << 9
-EFLAGS_TF = 1 << 8
-EFLAGS_DF = 1 << 10
-EFLAGS_IOPL = 3 << 12
-EFLAGS_NT = 1 << 14
-EFLAGS_RF = 1 << 16
-EFLAGS_VM = 1 << 17
-EFLAGS_AC = 1 << 18
-EFLAGS_CLEAR_ON_BOUNCE = EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM | EFLAGS_AC
-CR0_GUEST = 0x80050033        # PG | AM | WP | NE | ET | MP | PE
-CR4_GUEST = 0x000006A0        # OSXMMEXCPT | OSFXSR | PGE | PAE
-EFER_GUEST = 0xD01            # NXE | LMA | LME | SCE
-CR4_DE = 1 << 3               # the %cr4 bits a PV guest controls here (Xen's pv_fixup_guest_cr4)
-CR4_OSXSAVE = 1 << 18
-PV_CR4_GUEST_MASK = CR4_DE | CR4_OSXSAVE
-CR4_REAL = CR4_GUEST | CR4_OSXSAVE   # the CPU's own %cr4: Xen keeps OSXSAVE on (XCR0 is per vCPU)
-DR6_DEFAULT = 0xFFFF0FF0      # %dr6 / %dr7 as a vCPU starts (Xen's X86_DR6_DEFAULT / X86_DR7_DEFAULT)
-DR7_DEFAULT = 0x400
 
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
              "r14", "r15", "rip", "rflags")
@@ -87,17 +68,6 @@ SAVED_SPECIAL = ("trap_table", "gdt_frames", "vcpu_info_view", "vcpu_info_mfn", 
 NOT_SAVED = ("domain", "id", "uc", "hc_regs", "gprs", "frame_regs", "aspace", "in_syscall_hook", "stop_reason",
              "in_multicall", "pending_intercepts")
 PAGE_SIZE = 4096
-
-
-class TrapEntry:
-    __slots__ = ("flags", "cs", "address")
-
-    def __init__(self, flags: int = 0, cs: int = 0, address: int = 0) -> None:
-        self.flags, self.cs, self.address = flags, cs, address
-
-
-class GuestCrash(Exception):
-    """Raised inside hypervisor code paths when the guest must be crashed (Xen's domain_crash)."""
 
 
 class Vcpu:
@@ -159,7 +129,6 @@ class Vcpu:
         self.runstate_area = 0
         self.pending_intercepts: list[tuple[int, int, list[int]]] = []
         self.intercepted: set[int] = set()
-        from miniguest.hypervisor.common.time import VcpuTimer
         self.timer = VcpuTimer(self)
         self.aspace = AddressSpace(mem)
         self._setup_cpu()
@@ -170,7 +139,6 @@ class Vcpu:
         uc = self.uc
         uc.reg_write(X.UC_X86_REG_CR4, CR4_REAL)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_GUEST & ~0x80000000)
-        from miniguest.hypervisor.x86.xstate import load_xcr0
         load_xcr0(self)
         uc.msr_write(MSR_EFER, EFER_GUEST)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_VIRT_START, GDT_SIZE - 1, 0))
@@ -246,6 +214,12 @@ class Vcpu:
     def upcall_mask(self, value: int) -> None:
         view, off = self._vi()
         view[off + VI_UPCALL_MASK] = value & 0xFF
+
+    @property
+    def guest_cr2(self) -> int:
+        """The guest's %cr2: the one Xen keeps for it in vcpu_info.arch.cr2 (what `mov %cr2` returns)."""
+        view, off = self._vi()
+        return _U64.unpack_from(view, off + VI_ARCH_CR2)[0]
 
     @property
     def upcall_pending(self) -> int:
@@ -377,7 +351,7 @@ class Vcpu:
             self._user_syscall()
             return
         nr, a1, a2, a3, a4, a5 = self.hc_regs.read()
-        result = _dispatch()(self, nr, a1, a2, a3, a4, a5)
+        result = dispatch(self, nr, a1, a2, a3, a4, a5)
         if result is not None:
             # The hot path: one direct C call instead of the binding's generic reg_write (~3x faster).
             self._rax.value = result & 0xFFFFFFFFFFFFFFFF
@@ -410,10 +384,8 @@ class Vcpu:
     def _interrupt(self, intno: int) -> None:
         error_code, is_int = read_exception_state(self.uc)
         rip = self.rip
-        from miniguest.hypervisor.pv import emul_priv_op as privop
-        from miniguest.hypervisor.pv import traps
         if is_int:
-            traps.software_interrupt(self, intno, rip)
+            software_interrupt(self, intno, rip)
         elif intno == TRAP_gp_fault and privop.emulate_gp(self, rip, error_code):
             pass
         else:
@@ -430,13 +402,11 @@ class Vcpu:
             self.deliver_events()
 
     def _on_invalid_insn(self, uc: Uc, _: object) -> bool:
-        from miniguest.hypervisor.pv.emul_inv_op import emulate_invalid_op
         self._guard(emulate_invalid_op, self)
         return True
 
     def _on_sysenter(self, uc: Uc, _: object) -> None:
         # Unicorn runs this hook in place of the instruction, then adds its length (2) to RIP, as for syscall.
-        from miniguest.hypervisor.pv.traps import sysenter_entry
         self.in_syscall_hook = True
         try:
             self._guard(sysenter_entry, self)
@@ -444,17 +414,14 @@ class Vcpu:
             self.in_syscall_hook = False
 
     def _on_cpuid(self, uc: Uc, _: object) -> int:
-        from miniguest.hypervisor.pv import emul_priv_op as privop
         self._guard(privop.cpuid_instruction, self)
         return 1
 
     def _on_rdtsc(self, uc: Uc) -> int:
-        from miniguest.hypervisor.pv import emul_priv_op as privop
         self._guard(privop.emulate_rdtsc, self, False)
         return 1
 
     def _on_rdtscp(self, uc: Uc) -> int:
-        from miniguest.hypervisor.pv import emul_priv_op as privop
         self._guard(privop.emulate_rdtsc, self, True)
         return 1
 
@@ -462,12 +429,11 @@ class Vcpu:
     # them (count_block) and we hook exactly those instructions before they run (see privop). The IN/OUT
     # instruction hooks below only fire if one slipped through (code rewritten at the same address).
     def count_block(self, addr: int, size: int) -> int:
-        from miniguest.hypervisor.pv.emul_priv_op import count_block_instructions
         try:
             code = self.aspace.read(addr, size)
         except GuestFault:
             return 1
-        n, io = count_block_instructions(code, addr)
+        n, io = privop.count_block_instructions(code, addr)
         io = [a for a in io if a not in self.intercepted]
         if io:
             self.pending_intercepts.append((addr, size, io))
@@ -484,7 +450,6 @@ class Vcpu:
         self.pending_intercepts.clear()
 
     def _on_io_intercept(self, uc: Uc, addr: int, size: int, _: object) -> None:
-        from miniguest.hypervisor.pv import emul_priv_op as privop
         code = privop.fetch_insn_bytes(self, addr, 16)
         n, io = privop.count_block_instructions(code, addr)
         if io and io[0] == addr:
@@ -573,7 +538,6 @@ class Vcpu:
             raise StateError(f"{where}.pv.tsc_aux is wider than 32 bits")
         # XCR0 since xsetbv is emulated; older files: never set.
         xcr0 = pv.int("xcr0", 0, (1 << 64) - 1) if pv.has("xcr0") else 0
-        from miniguest.hypervisor.x86.xstate import valid_xcr0, xcr0_max
         if xcr0 and (xcr0 & ~xcr0_max() or not valid_xcr0(xcr0)):
             raise StateError(f"{where}.pv.xcr0 is not a value xsetbv would accept")
         period = f.int("period")
@@ -605,7 +569,6 @@ class Vcpu:
             setattr(self, name, value)
         self.timer.period = period
         vcpu_regs.restore(self, regs, self.started)
-        from miniguest.hypervisor.x86.xstate import load_xcr0
         load_xcr0(self)
         for addr in intercepted:
             self.pending_intercepts.append((addr, 1, [addr]))

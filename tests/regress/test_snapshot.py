@@ -10,6 +10,7 @@ from regresslib import MINIOS, SELFTEST, PauseAfter, lines, traced
 
 from miniguest.debug.trace import Tracer
 from miniguest.hypervisor import vcpu as vcpu_module
+from miniguest.hypervisor.x86 import cpu as cpu_defs
 from miniguest.regress import snapshot as S
 from miniguest.regress.faults import FaultInjector
 from miniguest.regress.snapfile import SnapshotError
@@ -182,17 +183,17 @@ def test_debug_and_cr4_state_is_carried():
     they were carried) restores the reset values."""
     dom, _ = stopped_after(SELFTEST, 5, cmdline="usermode")
     v = dom.vcpus[0]
-    v.cr4_ctl = vcpu_module.CR4_DE
+    v.cr4_ctl = cpu_defs.CR4_DE
     v.debugreg[0] = 0x1234000
     v.debugreg[7] = 0x400 | (1 << 13)
     snap = Snapshot.from_bytes(Snapshot.capture(dom).to_bytes())
     r = snap.restore().vcpus[0]
-    assert (r.cr4_ctl, r.debugreg) == (vcpu_module.CR4_DE, v.debugreg)
+    assert (r.cr4_ctl, r.debugreg) == (cpu_defs.CR4_DE, v.debugreg)
     old = Snapshot.capture(dom)
     for name in ("cr4_ctl", "debugreg"):
         del old.container.header["vcpus"][0]["pv"][name]
     r = Snapshot.from_bytes(old.to_bytes()).restore().vcpus[0]
-    assert (r.cr4_ctl, r.debugreg[6:]) == (0, [vcpu_module.DR6_DEFAULT, vcpu_module.DR7_DEFAULT])
+    assert (r.cr4_ctl, r.debugreg[6:]) == (0, [cpu_defs.DR6_DEFAULT, cpu_defs.DR7_DEFAULT])
     bad = Snapshot.capture(dom)
     bad.container.header["vcpus"][0]["pv"]["cr4_ctl"] = 1
     with pytest.raises(SnapshotError, match="cr4_ctl"):

@@ -10,7 +10,6 @@ instruction, which raises the #GP an unprivileged domain gets from Xen.
 """
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Optional
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
@@ -21,7 +20,7 @@ from miniguest.abi.arch_x86 import TRAP_gp_fault, TRAP_invalid_op, TRAP_stack_er
 from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.pv.misc_hypercalls import get_debugreg, set_debugreg
 from miniguest.hypervisor.ram import GuestFault
-from miniguest.hypervisor.vcpu import CR0_GUEST, CR4_DE, CR4_GUEST, CR4_OSXSAVE
+from miniguest.hypervisor.x86.cpu import CR0_GUEST, CR4_DE, CR4_GUEST, CR4_OSXSAVE
 from miniguest.hypervisor.x86.cpuid import emulate_cpuid
 from miniguest.hypervisor.x86.msr import guest_rdmsr, guest_wrmsr
 from miniguest.hypervisor.x86.xstate import handle_xsetbv
@@ -202,8 +201,7 @@ def read_cr(vcpu: "Vcpu", cr: int) -> Optional[int]:
     if cr == 0:
         return CR0_GUEST | (8 if vcpu.cr0_ts else 0)
     if cr == 2:
-        view, off = vcpu._vi()
-        return struct.unpack_from("<Q", view, off + 0x10)[0]
+        return vcpu.guest_cr2
     if cr == 3:
         return (vcpu.guest_table if vcpu.kernel_mode else vcpu.guest_table_user) << 12
     if cr == 4:

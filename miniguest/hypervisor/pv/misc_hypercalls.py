@@ -1,26 +1,78 @@
-"""Debug registers of a PV guest (Xen: xen/arch/x86/pv/misc-hypercalls.c, set_debugreg/get_debugreg, and
-the hypercalls of the same names).
+"""The small PV hypercalls (Xen: xen/arch/x86/pv/misc-hypercalls.c): stack_switch, set_segment_base,
+fpu_taskswitch, and the debug registers: set_debugreg/get_debugreg, as hypercalls and for `mov %drN`
+emulation (pv/emul_priv_op.py).
 
-DR0-3 take any address a guest may name (below 2^47 or above Xen's range: else -EPERM), DR6/DR7 keep their
-fixed bits and refuse the reserved upper half (-EINVAL), DR7.GD is privileged (-EPERM), DR4/5 alias DR6/7
-while CR4.DE is clear (-ENODEV when set). The values are the guest's view only: breakpoints are not armed in
-the CPU model, so a DR7 that enables one is refused (-EPERM, #GP for `mov`) rather than accepted and
-silently ignored. Reached from `mov %drN` emulation (pv/emul_priv_op.py) and HYPERVISOR_{set,get}_debugreg.
+Debug registers: DR0-3 take any address a guest may name (below 2^47 or above Xen's range: else -EPERM),
+DR6/DR7 keep their fixed bits and refuse the reserved upper half (-EINVAL), DR7.GD is privileged (-EPERM),
+DR4/5 alias DR6/7 while CR4.DE is clear (-ENODEV when set). The values are the guest's view only:
+breakpoints are not armed in the CPU model, so a DR7 that enables one is refused (-EPERM, #GP for `mov`)
+rather than accepted and silently ignored.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from unicorn import x86_const as X
+
 from miniguest.abi import errno
-from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END
-from miniguest.abi.xen import HYPERVISOR_get_debugreg, HYPERVISOR_set_debugreg, HYPERVISOR_xenpmu_op
+from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_ENTRY, HYPERVISOR_VIRT_END, MSR_FS_BASE, MSR_GS_BASE,
+                                    SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL, canonical)
+from miniguest.abi.xen import (HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_set_debugreg,
+                               HYPERVISOR_set_segment_base, HYPERVISOR_stack_switch, HYPERVISOR_xenpmu_op)
 from miniguest.hypervisor.hypercall import hypercall
-from miniguest.hypervisor.vcpu import CR4_DE, DR6_DEFAULT, DR7_DEFAULT
+from miniguest.hypervisor.x86.cpu import CR4_DE, DR6_DEFAULT, DR7_DEFAULT
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
 
 
+@hypercall(HYPERVISOR_stack_switch, 2)
+def stack_switch(vcpu: "Vcpu", ss: int, sp: int) -> int:
+    vcpu.kernel_ss = (ss & 0xFFFF) | 3
+    vcpu.kernel_sp = sp
+    return 0
+
+
+@hypercall(HYPERVISOR_set_segment_base, 2, subop_arg=0, subop_names={
+    SEGBASE_FS: "fs", SEGBASE_GS_USER: "gs_user", SEGBASE_GS_KERNEL: "gs_kernel", SEGBASE_GS_USER_SEL: "gs_user_sel"})
+def set_segment_base(vcpu: "Vcpu", which: int, base: int) -> int:
+    uc = vcpu.uc
+    which &= 0xFFFFFFFF
+    if which == SEGBASE_GS_USER_SEL:
+        sel = base & 0xFFFF
+        if sel & ~3 and not _selector_ok(vcpu, sel):
+            return -errno.EINVAL
+        vcpu.gs_sel_user = sel | 3 if sel & ~3 else 0
+        vcpu.gs_base_user = 0
+        return 0
+    if not canonical(base):
+        return -errno.EINVAL
+    if which == SEGBASE_FS:
+        uc.msr_write(MSR_FS_BASE, base)
+    elif which == SEGBASE_GS_USER:
+        vcpu.gs_base_user = base
+    elif which == SEGBASE_GS_KERNEL:
+        uc.msr_write(MSR_GS_BASE, base)
+        vcpu.gs_base_kernel = base
+    else:
+        return -errno.EINVAL
+    return 0
+
+
+def _selector_ok(vcpu: "Vcpu", sel: int) -> bool:
+    index = sel >> 3
+    return bool(sel & 4) or index < vcpu.gdt_ents or index >= FIRST_RESERVED_GDT_ENTRY
+
+
+@hypercall(HYPERVISOR_fpu_taskswitch, 1)
+def fpu_taskswitch(vcpu: "Vcpu", set_ts: int) -> int:
+    cr0 = vcpu.uc.reg_read(X.UC_X86_REG_CR0)
+    vcpu.cr0_ts = bool(set_ts)
+    vcpu.uc.reg_write(X.UC_X86_REG_CR0, cr0 | 8 if set_ts else cr0 & ~8)
+    return 0
+
+
+# -- debug registers --------------------------------------------------------------------------------------
 def _dr_alias(vcpu: "Vcpu", dr: int) -> Optional[int]:
     if dr in (4, 5):
         return None if vcpu.cr4_ctl & CR4_DE else dr + 2

@@ -25,6 +25,7 @@ from unicorn import x86_const as X
 
 from miniguest.abi.cpufeatureset import DEPS, FEATURES
 from miniguest.hypervisor.common.kernel import XEN_MAJOR, XEN_MINOR
+from miniguest.hypervisor.x86.cpu import CR4_OSXSAVE
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -51,7 +52,6 @@ XSTATE_AVX512 = (1 << 5) | (1 << 6) | (1 << 7)
 XSTATE_PKRU = 1 << 9
 XSTATE_AMX = (1 << 17) | (1 << 18)
 XSTATE_XSAVES_ONLY = 0                      # components only XSAVES manages: none the policy can enable here
-CR4_OSXSAVE = 1 << 18
 
 # featureset word -> (leaf, subleaf, register index 0-3)
 WORD_LOCATIONS = {0: (1, 0, 3), 1: (1, 0, 2), 2: (0x80000001, 0, 3), 3: (0x80000001, 0, 2), 4: (0xD, 1, 0),

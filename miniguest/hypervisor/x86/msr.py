@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 from miniguest.abi.arch_x86 import MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, MSR_TSC_AUX
 from miniguest.abi.arch_x86 import canonical
-from miniguest.hypervisor.vcpu import EFER_GUEST
+from miniguest.hypervisor.x86.cpu import EFER_GUEST
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
