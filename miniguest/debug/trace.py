@@ -131,22 +131,8 @@ class Tracer:
         elif kind == "exception" and self.wants(kind):
             fields = dict(fields, site=symbolize(self.domain, fields.get("rip")))
         elif kind == "upcall" and self.wants(kind):
-            fields = dict(fields, pending=self._pending_ports())
+            fields = dict(fields, pending=self.domain.events.pending_unmasked())
         self.record(kind, **fields)
-
-    def _pending_ports(self) -> list[int]:
-        """Ports pending and not masked in shared_info (what the upcall handler will find)."""
-        from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING
-        si = self.domain.shared_info_view()
-        ports = []
-        for word in range(64):
-            bits = (int.from_bytes(si[SI_EVTCHN_PENDING + 8 * word:SI_EVTCHN_PENDING + 8 * word + 8], "little")
-                    & ~int.from_bytes(si[SI_EVTCHN_MASK + 8 * word:SI_EVTCHN_MASK + 8 * word + 8], "little"))
-            while bits:
-                low = bits & -bits
-                ports.append(word * 64 + low.bit_length() - 1)
-                bits ^= low
-        return ports
 
     def _on_event(self, port: int, what: str) -> None:
         if not self.wants("event"):

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.xen import HYPERCALL_NAMES
-from miniguest.hypervisor.common.event_channel import EvtchnError
 from miniguest.hypervisor.ram import GuestFault
 from miniguest.hypervisor.x86.page_types import PageTypeError
 
@@ -85,7 +84,7 @@ def call(vcpu: "Vcpu", nr: int, args: tuple[int, ...]) -> Optional[int]:
         return hc.handler(vcpu, *args[:hc.nargs])
     except GuestFault:
         return -errno.EFAULT
-    except (HypercallError, EvtchnError, PageTypeError) as e:
+    except (HypercallError, PageTypeError) as e:
         return e.err
     except UnknownSubop as e:
         domain.log_once(("subop", nr, e.op), f"{hc.name}: unknown sub-op {e.op}: -ENOSYS")
@@ -115,7 +114,7 @@ def load_families() -> None:
     global _loaded
     if _loaded:
         return
-    from miniguest.hypervisor.common import (console, domctl, event_channel_op, grant_table,  # noqa: F401
+    from miniguest.hypervisor.common import (console, domctl, event_channel, grant_table,  # noqa: F401
                                              kernel, memory, multicall, sched, time, vcpu_op)
     from miniguest.hypervisor.pv import callback, descriptor_tables, iret, misc_hypercalls, traps  # noqa: F401
     from miniguest.hypervisor.x86 import mm, physdev  # noqa: F401

@@ -1,38 +1,40 @@
-"""Event channels, 2-level ABI: ports, bindings, and the pending/mask bits that live in guest memory.
+"""Event channels (Xen: xen/common/event_channel.c): ports and their bindings (unbound, interdomain, VIRQ,
+IPI), the event_channel_op hypercall and its compat form, and dom0's ends.
 
-The pending and mask bitmaps and the per-vCPU selector word are in the shared_info page, which the guest
-writes at will; every operation reads them from guest memory at the moment it needs them (never a Python
-copy). Raising a port follows Xen's evtchn_2l_set_pending: set the pending bit; if it was clear and the port
-is unmasked and the selector bit was clear, set the selector bit and the vCPU's upcall_pending. The vCPU then
-takes an upcall at its next return to the guest, or wakes up if it was blocked.
+How a raised port shows up in the guest -- the pending and mask bits and how the vCPU is told -- is the job
+of the port ABI (Xen's evtchn_port_ops): the 2-level ABI of event_2l.py, the one every domain starts with.
+EventChannels calls it through `PortOps`, so another ABI (FIFO, event_fifo.py) plugs in beside it.
 
 dom0's daemons are the other end of interdomain channels. They do not run in a guest: a dom0 port is a
 Python callback, called when the guest sends on the connected port (see `Dom0Evtchn`).
 """
 from __future__ import annotations
 
-import struct
+import ctypes
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from miniguest.abi import errno
-from miniguest.abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
-                                         EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
-from miniguest.abi.shared_info import SI_EVTCHN_MASK, SI_EVTCHN_PENDING, VI_PENDING_SEL
-from miniguest.abi.xen import DOMID_SELF, NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES, VIRQ_TIMER
+from miniguest.abi.event_channel import (ARG_STRUCTS, EVTCHNOP_NAMES, EVTCHNOP_alloc_unbound,
+                                         EVTCHNOP_bind_interdomain, EVTCHNOP_bind_ipi, EVTCHNOP_bind_vcpu,
+                                         EVTCHNOP_bind_virq, EVTCHNOP_close, EVTCHNOP_reset, EVTCHNOP_send,
+                                         EVTCHNOP_status, EVTCHNOP_unmask, EVTCHNSTAT_closed,
+                                         EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi, EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
+from miniguest.abi.xen import (DOMID_SELF, HYPERVISOR_event_channel_op, HYPERVISOR_event_channel_op_compat,
+                               NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES, VIRQ_TIMER)
+from miniguest.hypervisor.common.event_2l import Evtchn2L
+from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
 from miniguest.hypervisor.save import Fields, StateError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
+    from miniguest.hypervisor.vcpu import Vcpu
 
-_U64 = struct.Struct("<Q")
 DEFAULT_MAX_PORTS = 1023        # xl's default max_event_channels
 
 
-class EvtchnError(Exception):
-    def __init__(self, err: int, why: str = "") -> None:
-        super().__init__(why or errno.name(err))
-        self.err = err
+class EvtchnError(HypercallError):
+    """An event channel operation Xen refuses; `err` is the negative errno."""
 
 
 @dataclass
@@ -164,8 +166,23 @@ class Dom0Evtchn:
             raise StateError("the dom0 event channel ends differ from this toolstack's")
 
 
+class PortOps(Protocol):
+    """A port ABI (Xen's evtchn_port_ops): where a port's pending and mask state live and how raising one
+    reaches the vCPU. Every operation reads the guest's memory when it needs it (never a Python copy)."""
+
+    def set_pending(self, vcpu: "Vcpu", port: int) -> None: ...
+
+    def unmask(self, vcpu: "Vcpu", port: int) -> None: ...
+
+    def is_pending(self, port: int) -> bool: ...
+
+    def is_masked(self, port: int) -> bool: ...
+
+    def pending_unmasked(self) -> list[int]: ...
+
+
 class EventChannels:
-    """One domain's event channel table (2-level ABI)."""
+    """One domain's event channel table."""
 
     def __init__(self, domain: "Domain", max_ports: int = DEFAULT_MAX_PORTS) -> None:
         self.domain = domain
@@ -173,37 +190,18 @@ class EventChannels:
         self.ports: dict[int, Port] = {}
         self.virq_ports: dict[tuple[int, int], int] = {}    # (vcpu, virq) -> port
         self.on_raise: list[Callable[[int, str], None]] = []   # trace hooks: (port, what)
+        self.port_ops: PortOps = Evtchn2L(domain)
 
-    # -- guest memory bits --------------------------------------------------------------------------------
-    def _si(self):
-        return self.domain.shared_info_view()
-
-    def _bit(self, base: int, port: int) -> tuple[int, int]:
-        return base + (port // 64) * 8, 1 << (port % 64)
-
+    # -- the port ABI -------------------------------------------------------------------------------------
     def test_pending(self, port: int) -> bool:
-        off, m = self._bit(SI_EVTCHN_PENDING, port)
-        return bool(_U64.unpack_from(self._si(), off)[0] & m)
+        return self.port_ops.is_pending(port)
 
     def test_masked(self, port: int) -> bool:
-        off, m = self._bit(SI_EVTCHN_MASK, port)
-        return bool(_U64.unpack_from(self._si(), off)[0] & m)
+        return self.port_ops.is_masked(port)
 
-    def _test_and_set(self, off: int, m: int) -> bool:
-        si = self._si()
-        v = _U64.unpack_from(si, off)[0]
-        if v & m:
-            return True
-        _U64.pack_into(si, off, v | m)
-        return False
-
-    def _test_and_clear(self, off: int, m: int) -> bool:
-        si = self._si()
-        v = _U64.unpack_from(si, off)[0]
-        if not v & m:
-            return False
-        _U64.pack_into(si, off, v & ~m)
-        return True
+    def pending_unmasked(self) -> list[int]:
+        """The ports an upcall handler would find: pending and not masked."""
+        return self.port_ops.pending_unmasked()
 
     def set_pending(self, port: int, intercept: bool = True) -> None:
         """Xen's evtchn_2l_set_pending: the guest-visible effect of raising `port`. `intercept=False`: a
@@ -215,25 +213,8 @@ class EventChannels:
         vcpu_id = p.vcpu if p else 0
         for cb in self.on_raise:
             cb(port, "raise")
-        off, m = self._bit(SI_EVTCHN_PENDING, port)
-        if self._test_and_set(off, m):
-            return
         vcpu = self.domain.vcpus[vcpu_id] if vcpu_id < len(self.domain.vcpus) else self.domain.vcpus[0]
-        vcpu.poll_wakeup(port)
-        if self.test_masked(port):
-            return
-        self._mark_selector(vcpu, port)
-
-    def _mark_selector(self, vcpu, port: int) -> None:
-        vi = vcpu.vcpu_info_offset
-        si = self._si() if vcpu.vcpu_info_view is None else vcpu.vcpu_info_view
-        sel_off = vi + VI_PENDING_SEL
-        sel = _U64.unpack_from(si, sel_off)[0]
-        word = 1 << (port // 64)
-        if sel & word:
-            return
-        _U64.pack_into(si, sel_off, sel | word)
-        vcpu.mark_events_pending()
+        self.port_ops.set_pending(vcpu, port)
 
     # -- allocation ---------------------------------------------------------------------------------------
     def _alloc(self) -> int:
@@ -369,14 +350,10 @@ class EventChannels:
         return p.state, p.vcpu, 0, 0
 
     def unmask(self, port: int) -> None:
-        """Xen's evtchn_2l_unmask: clear the mask; if pending, re-raise the selector/upcall."""
+        """EVTCHNOP_unmask: the port ABI clears the mask and, if the port is pending, tells the vCPU."""
         if not 0 <= port <= self.max_ports or port not in self.ports:
             raise EvtchnError(-errno.EINVAL, f"port {port} is not open")
-        off, m = self._bit(SI_EVTCHN_MASK, port)
-        if self._test_and_clear(off, m) and self.test_pending(port):
-            p = self.ports[port]
-            vcpu = self.domain.vcpus[p.vcpu]
-            self._mark_selector(vcpu, port)
+        self.port_ops.unmask(self.domain.vcpus[self.ports[port].vcpu], port)
 
     def bind_vcpu(self, port: int, vcpu: int) -> None:
         p = self._get(port)
@@ -497,3 +474,56 @@ class EventChannels:
             if virq == VIRQ_TIMER:
                 # Bound, as before the save; the periodic timer itself comes back with the timer queue.
                 domain.vcpus[vcpu_id].timer.virq_bound = True
+
+
+# -- the hypercall: event_channel_op and its pre-3.0.2 compat form ----------------------------------------
+NAMES = {k: v[len("EVTCHNOP_"):] for k, v in EVTCHNOP_NAMES.items()}
+
+
+def evtchn_op(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    cls = ARG_STRUCTS.get(cmd)
+    if cls is None:
+        raise UnknownSubop(cmd)
+    a = vcpu.mem.read_struct(arg, cls)
+    ev = vcpu.domain.events
+    out = True
+    if cmd == EVTCHNOP_alloc_unbound:
+        a.port = ev.alloc_unbound(a.dom, a.remote_dom)
+    elif cmd == EVTCHNOP_bind_interdomain:
+        a.local_port = ev.bind_interdomain(a.remote_dom, a.remote_port)
+    elif cmd == EVTCHNOP_bind_virq:
+        a.port = ev.bind_virq(a.virq, a.vcpu)
+    elif cmd == EVTCHNOP_bind_ipi:
+        a.port = ev.bind_ipi(a.vcpu)
+    elif cmd == EVTCHNOP_close:
+        ev.close(a.port)
+        out = False
+    elif cmd == EVTCHNOP_send:
+        ev.send(a.port)
+        out = False
+    elif cmd == EVTCHNOP_status:
+        a.status, a.vcpu, a.u0, a.u1 = ev.status(a.dom, a.port)
+    elif cmd == EVTCHNOP_unmask:
+        ev.unmask(a.port)
+        out = False
+    elif cmd == EVTCHNOP_bind_vcpu:
+        ev.bind_vcpu(a.port, a.vcpu)
+        out = False
+    elif cmd == EVTCHNOP_reset:
+        ev.reset(a.dom)
+        out = False
+    if out:
+        vcpu.mem.write(arg, bytes(a)[:ctypes.sizeof(cls)])
+    return 0
+
+
+@hypercall(HYPERVISOR_event_channel_op, 2, subop_arg=0, subop_names=NAMES)
+def event_channel_op(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    return evtchn_op(vcpu, cmd & 0xFFFFFFFF, arg)
+
+
+@hypercall(HYPERVISOR_event_channel_op_compat, 1)
+def event_channel_op_compat(vcpu: "Vcpu", arg: int) -> int:
+    """{u32 cmd; pad; union u} in one guest buffer; the union starts at offset 8."""
+    cmd = int.from_bytes(vcpu.mem.read(arg, 4), "little")
+    return evtchn_op(vcpu, cmd, arg + 8)
