@@ -18,7 +18,6 @@ EVTCHNOP_init_control = 11
 EVTCHNOP_expand_array = 12
 EVTCHNOP_set_priority = 13
 EVTCHNOP_reset_cont = 14
-EVTCHNOP_NAMES = {v: k for k, v in globals().items() if k.startswith("EVTCHNOP_") and k != "EVTCHNOP_NAMES"}
 
 EVTCHNSTAT_closed = 0
 EVTCHNSTAT_unbound = 1

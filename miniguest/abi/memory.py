@@ -17,7 +17,6 @@ XENMEM_exchange = 11
 XENMEM_machphys_mapping = 12
 XENMEM_set_memory_map = 13
 XENMEM_maximum_gpfn = 14
-XENMEM_NAMES = {v: k for k, v in globals().items() if k.startswith("XENMEM_") and k != "XENMEM_NAMES"}
 # The low bits of the memory_op command are the op; the rest carry a continuation start extent.
 MEMOP_CMD_MASK = (1 << 6) - 1
 MEMOP_EXTENT_SHIFT = 6

@@ -7,4 +7,3 @@ PHYSDEVOP_set_iopl = 6
 PHYSDEVOP_set_iobitmap = 7
 PHYSDEVOP_pirq_eoi_gmfn_v1 = 17
 PHYSDEVOP_pirq_eoi_gmfn_v2 = 28
-PHYSDEVOP_NAMES = {v: k[len("PHYSDEVOP_"):] for k, v in globals().items() if k.startswith("PHYSDEVOP_")}

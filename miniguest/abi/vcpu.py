@@ -17,7 +17,6 @@ VCPUOP_register_vcpu_info = 10
 VCPUOP_send_nmi = 11
 VCPUOP_get_physid = 12
 VCPUOP_register_vcpu_time_memory_area = 13
-VCPUOP_NAMES = {v: k for k, v in globals().items() if k.startswith("VCPUOP_") and k != "VCPUOP_NAMES"}
 
 VCPU_SSHOTTMR_future = 1 << 0
 

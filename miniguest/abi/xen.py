@@ -1,4 +1,5 @@
-"""public/xen.h: hypercall numbers, VIRQs, MMU operations, flush flags, vm_assist types, domain ids."""
+"""public/xen.h: hypercall numbers (their names, handlers and sub-ops are the families' tables in
+hypervisor/), VIRQs, MMU operations, flush flags, vm_assist types, domain ids."""
 from __future__ import annotations
 
 import ctypes
@@ -47,8 +48,6 @@ HYPERVISOR_xenpmu_op = 40
 HYPERVISOR_dm_op = 41
 HYPERVISOR_hypfs_op = 42
 
-HYPERCALL_NAMES: dict[int, str] = {
-    v: k[len("HYPERVISOR_"):] for k, v in globals().items() if k.startswith("HYPERVISOR_")}
 NR_HYPERCALLS = 64          # the hypercall page holds 4096 / 32 = 128 slots; Xen fills the first 64
 
 # Virtual interrupts.

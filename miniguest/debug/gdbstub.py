@@ -619,13 +619,12 @@ class GdbStub:
         self._send(self._stop_reply(stop))
 
     def _describe_catch(self, stop: StopEvent) -> str:
-        from miniguest.hypervisor.hypercall import TABLE
         vcpu = self.domain.vcpus[stop.vcpu]
         regs = vcpu.regs()
         args = (regs["rdi"], regs["rsi"], regs["rdx"], regs["r10"], regs["r8"])
         nr = (stop.addr - self.domain.image.notes.hypercall_page) // 32 if self.domain.image else -1
-        hc = TABLE.get(nr)
-        shown = [f"{a:#x}" for a in args[:hc.nargs if hc else 5]]
+        hc = self.domain.hypercalls.get(nr)
+        shown = [f"{a:#x}" for a in args[:hc.nargs if hc and hc.handler else 5]]
         if hc is not None and hc.subop_arg is not None:
             shown[hc.subop_arg] = str(hc.subop_name(args))
         caller = vcpu.aspace.read_u64(regs["rsp"]) if vcpu.aspace.walk(regs["rsp"]) else None

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Optional, TextIO
 from unicorn import x86_const as X
 
 from miniguest.abi import errno
-from miniguest.hypervisor.hypercall import TABLE, name_of
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.host import Vcpu
@@ -39,10 +38,11 @@ class HypercallLog:
         self._pending: dict[int, tuple[str, str]] = {}
 
     def before(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...]) -> None:
-        hc = TABLE.get(nr)
-        name = name_of(nr)
+        table = vcpu.domain.hypercalls
+        hc = table.get(nr)
+        name = table.name_of(nr)
         sub = hc.subop_name(args) if hc else None
-        nargs = hc.nargs if hc else 5
+        nargs = hc.nargs if hc and hc.handler else 5
         shown = [f"{a:#x}" for a in args[:nargs]]
         if sub is not None and hc is not None and hc.subop_arg is not None:
             shown[hc.subop_arg] = sub
@@ -51,7 +51,7 @@ class HypercallLog:
         self._pending[vcpu.id] = (f"{name}({', '.join(shown)})", where)
 
     def after(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
-        call, where = self._pending.pop(vcpu.id, (name_of(nr), "?"))
+        call, where = self._pending.pop(vcpu.id, (vcpu.domain.hypercalls.name_of(nr), "?"))
         now = vcpu.domain.clock.now_ns()
         self.stream.write(f"[{now:>12} ns] d{vcpu.domain.domid}v{vcpu.id} {call} = {format_result(result)}"
                           f"  from {where}\n")

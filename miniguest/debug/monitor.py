@@ -16,10 +16,10 @@ import shlex
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional
 
-from miniguest.abi.xen import HYPERCALL_NAMES
 from miniguest.debug.trace import TraceRecord, Tracer
 from miniguest.debug.tracefmt import TraceFormatter, TraceKindsError, parse_kinds
 from miniguest.hypervisor.debugger import BP_CATCH, DebugSupport
+from miniguest.hypervisor.host import HYPERCALLS
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.host import Domain
@@ -204,9 +204,9 @@ class Monitor:
 
 
 def _hc_number(text: str) -> int:
-    for nr, name in HYPERCALL_NAMES.items():
-        if name == text or name == f"HYPERVISOR_{text}" or name.lower() == text.lower():
-            return nr
+    for hc in HYPERCALLS:
+        if hc.name == text or f"HYPERVISOR_{hc.name}" == text or hc.name.lower() == text.lower():
+            return hc.nr
     try:
         nr = int(text, 0)
     except ValueError:
@@ -217,7 +217,8 @@ def _hc_number(text: str) -> int:
 
 
 def _hc_name(nr: int) -> str:
-    return HYPERCALL_NAMES.get(nr, str(nr))
+    hc = HYPERCALLS.get(nr)
+    return hc.name if hc is not None else str(nr)
 
 
 def _printable(value: bytes) -> str:

@@ -1,16 +1,16 @@
 """Trace records: every hypercall, exception, event, timer, ring message and shutdown of a domain, in order.
 
-A `Tracer` attaches to a domain at the places where things happen -- the hypercall dispatch table
-(`Domain.hypercall_observers`), the event channel layer (`EventChannels.on_raise`) and the domain's emit()
-calls (exceptions, upcalls, timers, console bytes, privileged-op emulation, idle jumps, shutdown, crash) --
-and turns each into a `TraceRecord` with a sequence number and the virtual time. Records hold only plain
+A `Tracer` is an Interceptor (hypervisor/intercept.py): attached to a domain it hears every hypercall
+(before/after), every notification (on_event) and everything else the domain emits (on_trace: exceptions,
+upcalls, timers, console bytes, privileged-op emulation, idle jumps, shutdown, crash), plus xenstored's ring
+messages for the domain (a MessageHook) -- and turns each into a `TraceRecord` with a sequence number and the virtual time. Records hold only plain
 data (ints, strings, lists, dicts), so a trace of a deterministic run is byte-identical across runs and
 machines once serialized (see to_json).
 
 Record kinds and their fields:
   hypercall  vcpu, nr, name, subop (or null), args [ints], result (int or null), caller (int or null);
              errno (name, when result is a negative errno), site ("function+0x1c" of the caller),
-             in / out (decoded argument structs and results, miniguest.regress.decoders; absent when
+             in / out (decoded argument structs and results, from the family's sub-op table; absent when
              there is nothing to decode), blocked (true when the call left the vCPU blocked)
   exception  vcpu, vector, error_code, rip, cr2, software; site (symbolized rip)
   upcall     vcpu; pending (ports pending and unmasked at delivery)
@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from miniguest.abi.errno import name as errno_name
+from miniguest.abi.xs_wire import XS_NAMES
+from miniguest.backends.xenstore import XenstoreDaemon
 from miniguest.debug.hclog import call_site
-from miniguest.hypervisor.hypercall import TABLE, name_of
-from miniguest.regress.decoders import decode_inputs, decode_outputs, symbolize
+from miniguest.hypervisor.intercept import RingEndpoint
+from miniguest.toolstack.libxl import Guest
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.host import Domain, Vcpu
@@ -88,24 +90,23 @@ class Tracer:
         self.attached = False
 
     # -- attaching ----------------------------------------------------------------------------------------
+    def _xenstored(self) -> Optional[XenstoreDaemon]:
+        return self.domain.xenstored if isinstance(self.domain, Guest) else None
+
     def attach(self) -> "Tracer":
         if not self.attached:
-            self.domain.hypercall_observers.append(self)
-            self.domain.trace_sinks.append(self._on_emit)
-            self.domain.events.on_raise.append(self._on_event)
-            daemon = getattr(self.domain, "xenstored", None)
-            if daemon is not None and hasattr(daemon, "message_hooks"):
+            self.domain.attach(self)
+            daemon = self._xenstored()
+            if daemon is not None:
                 daemon.message_hooks.append(self._on_xenstore)
             self.attached = True
         return self
 
     def detach(self) -> None:
         if self.attached:
-            self.domain.hypercall_observers.remove(self)
-            self.domain.trace_sinks.remove(self._on_emit)
-            self.domain.events.on_raise.remove(self._on_event)
-            daemon = getattr(self.domain, "xenstored", None)
-            if daemon is not None and self._on_xenstore in getattr(daemon, "message_hooks", ()):
+            self.domain.detach(self)
+            daemon = self._xenstored()
+            if daemon is not None and self._on_xenstore in daemon.message_hooks:
                 daemon.message_hooks.remove(self._on_xenstore)
             self.attached = False
 
@@ -125,28 +126,28 @@ class Tracer:
             sink(rec)
         return rec
 
-    def _on_emit(self, kind: str, fields: dict[str, Any]) -> None:
+    # -- the interception interface (hypervisor/intercept.py) -----------------------------------------------
+    def on_trace(self, kind: str, fields: dict[str, Any]) -> None:
         if kind == "privop" and "insn" in fields:
             fields = dict(fields, insn=bytes(fields["insn"]).hex())
         elif kind == "exception" and self.wants(kind):
-            fields = dict(fields, site=symbolize(self.domain, fields.get("rip")))
+            fields = dict(fields, site=self.domain.symbolize(fields.get("rip")))
         elif kind == "upcall" and self.wants(kind):
             fields = dict(fields, pending=self.domain.events.pending_unmasked())
         self.record(kind, **fields)
 
-    def _on_event(self, port: int, what: str) -> None:
+    def on_event(self, port: int, what: str) -> None:
         if not self.wants("event"):
             return
         p = self.domain.events.ports.get(port)
         self.record("event", port=port, what=what, to=p.describe() if p is not None else "closed",
                     vcpu=p.vcpu if p is not None else 0)
 
-    def _on_xenstore(self, conn: Any, direction: str, msg_type: int, req_id: int, tx_id: int,
+    def _on_xenstore(self, conn: RingEndpoint, direction: str, msg_type: int, req_id: int, tx_id: int,
                      payload: bytes) -> None:
         """xenstored message hook: requests from and replies/watch events to this domain's connection."""
         if conn.domid != self.domain.domid or not self.wants("xenstore"):
             return None
-        from miniguest.abi.xs_wire import XS_NAMES
         parts = bytes(payload).split(b"\0")
         if len(parts) > 1 and parts[-1] == b"":
             parts.pop()
@@ -155,14 +156,13 @@ class Tracer:
                     req_id=req_id, tx_id=tx_id, args=[p.decode("latin-1") for p in parts])
         return None
 
-    # Hypercall observer protocol (hypercalls.dispatch).
     def before(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...]) -> None:
         if not self.wants("hypercall"):
             return
         ins = None
         if self.decode:
-            hc = TABLE.get(nr)
-            ins = decode_inputs(vcpu, name_of(nr), hc.subop_name(args) if hc else None, args)
+            hc = vcpu.domain.hypercalls.get(nr)
+            ins = hc.decode_inputs(vcpu, args) if hc is not None else None
         self._calls.setdefault(vcpu.id, []).append((nr, args, call_site(vcpu), ins))
 
     def after(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
@@ -170,22 +170,23 @@ class Tracer:
             return
         stack = self._calls.get(vcpu.id)
         _, _, caller, ins = stack.pop() if stack else (nr, args, None, None)
-        hc = TABLE.get(nr)
-        nargs = hc.nargs if hc else 5
+        table = vcpu.domain.hypercalls
+        hc = table.get(nr)
+        nargs = hc.nargs if hc and hc.handler else 5
         signed = None if result is None else (result - (1 << 64) if result >= 1 << 63 else result)
         subop = hc.subop_name(args) if hc else None
-        extra: dict[str, Any] = {"site": symbolize(self.domain, caller)}
+        extra: dict[str, Any] = {"site": self.domain.symbolize(caller)}
         if signed is not None and -4096 < signed < 0:
             extra["errno"] = errno_name(-signed)
         if self.decode:
             if ins:
                 extra["in"] = ins
-            outs = decode_outputs(vcpu, name_of(nr), subop, args, signed, ins)
+            outs = hc.decode_outputs(vcpu, args, signed, ins) if hc is not None else None
             if outs:
                 extra["out"] = outs
         if vcpu.blocked:
             extra["blocked"] = True
-        self.record("hypercall", vcpu=vcpu.id, nr=nr, name=name_of(nr), subop=subop, args=list(args[:nargs]),
+        self.record("hypercall", vcpu=vcpu.id, nr=nr, name=table.name_of(nr), subop=subop, args=list(args[:nargs]),
                     result=signed, caller=caller, **extra)
 
 

@@ -20,7 +20,7 @@ from miniguest.hypervisor.disasm import disassemble, read_code
 from miniguest.debug.hclog import format_result
 from miniguest.toolstack.symbols import EMPTY, Symbols
 from miniguest.debug.trace import ALL_KINDS, TraceRecord, Tracer
-from miniguest.hypervisor.hypercall import TABLE
+from miniguest.hypervisor.host import HYPERCALLS
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.host import Domain
@@ -135,7 +135,7 @@ class TraceFormatter:
     def _fmt_hypercall(self, d: dict[str, Any]) -> str:
         nr, args = d.get("nr"), list(d.get("args") or [])
         shown = [f"{a:#x}" if isinstance(a, int) else str(a) for a in args]
-        hc = TABLE.get(nr) if isinstance(nr, int) else None
+        hc = HYPERCALLS.get(nr) if isinstance(nr, int) else None
         if d.get("subop") is not None and hc is not None and hc.subop_arg is not None \
                 and hc.subop_arg < len(shown):
             shown[hc.subop_arg] = str(d["subop"])

@@ -27,7 +27,9 @@ from miniguest.hypervisor.common.sched import rearm_watchdog
 from miniguest.hypervisor.common.time import set_wallclock, update_vcpu_time
 from miniguest.hypervisor.common.timer import Timers
 from miniguest.hypervisor.crash import Symbolizer, crash_report
-from miniguest.hypervisor.hypercall import load_families
+from miniguest.hypervisor.hypercall import HypercallTable
+from miniguest.hypervisor.intercept import FaultInjection, HypercallObserver, Interceptor, TraceSink
+from miniguest.hypervisor.pv.hypercall import PV64_HYPERCALLS
 from miniguest.hypervisor.ram import MachineMemory
 from miniguest.hypervisor.save import Fields, StateError, latin1, pack_array, unlatin1, unpack_array
 from miniguest.hypervisor.vclock import RealtimeClock, VirtualClock
@@ -136,6 +138,7 @@ class Domain:
         self.frames.install_xen_l4_slots = lambda mfn: self.xen.install_l4_slots(mfn, ro_mpt=self.m2p_strict)
         self.xen.fill_m2p(self.p2m)
         self._shared_info = self.mem.frame(self.xen.shared_info_mfn)
+        self.hypercalls: HypercallTable = PV64_HYPERCALLS     # what the guest's hypercalls dispatch through
         self.events = EventChannels(self, config.max_evtchn_ports)
         self.timers = Timers()
         self.watchdogs: dict[int, int] = {}
@@ -153,9 +156,9 @@ class Domain:
         # Hooks for the toolstack, tracing and tests.
         self.hv_console_sink: Callable[[bytes], None] = lambda data: None
         self.hv_console_input = bytearray()
-        self.hypercall_observers: list[Any] = []
-        self.trace_sinks: list[Callable[[str, dict], None]] = []
-        self.fault_injector: Any = None
+        self.hypercall_observers: list[HypercallObserver] = []
+        self.trace_sinks: list[TraceSink] = []
+        self.fault_injector: Optional[FaultInjection] = None
         self.on_final: list[Callable[["Domain"], None]] = []
         self.on_idle: list[Callable[[], None]] = []
         self.messages: list[str] = []
@@ -166,7 +169,6 @@ class Domain:
     # -- construction -------------------------------------------------------------------------------------
     def create_vcpus(self, count: int = 1) -> None:
         """XEN_DOMCTL_max_vcpus: the vCPUs, the clock, and each vCPU's time record in its vcpu_info."""
-        load_families()
         for i in range(count):
             self.vcpus.append(Vcpu(self, i))
         clock_type = RealtimeClock if self.config.realtime else VirtualClock
@@ -201,6 +203,16 @@ class Domain:
     def e820(self) -> list[tuple[int, int, int]]:
         return [(0, self.nr_pages * 4096, E820_RAM)]
 
+    def symbolize(self, addr: Optional[int]) -> Optional[str]:
+        """`name+0x1c` for a guest address, with the symbols the toolstack gave; None when unknown."""
+        if addr is None or self.symbols is None:
+            return None
+        hit = self.symbols.lookup(addr)
+        if hit is None:
+            return None
+        name, off = hit
+        return f"{name}+{off:#x}" if off else name
+
     # -- hypervisor console -------------------------------------------------------------------------------
     def hv_console_write(self, data: bytes) -> None:
         self.emit("console", source="hypervisor", data=data)
@@ -225,6 +237,17 @@ class Domain:
         if key not in self._logged:
             self._logged.add(key)
             self.log(message)
+
+    def attach(self, listener: Interceptor) -> None:
+        """Register a listener on every channel of the interception interface (intercept.py)."""
+        self.hypercall_observers.append(listener)
+        self.trace_sinks.append(listener.on_trace)
+        self.events.on_raise.append(listener.on_event)
+
+    def detach(self, listener: Interceptor) -> None:
+        self.hypercall_observers.remove(listener)
+        self.trace_sinks.remove(listener.on_trace)
+        self.events.on_raise.remove(listener.on_event)
 
     def emit(self, kind: str, **fields: Any) -> None:
         if self.trace_sinks:

@@ -10,7 +10,7 @@ Xen gives dom0 its libraries over hypercalls; here they are the methods of `Host
     libxenevtchn              evtchn: Dom0Evtchn (bind_interdomain, alloc_unbound, notify, unbind)
 
 and the objects they hand out: the `Domain` (Xen's struct domain: run it, read its state, save/restore it)
-and its `Vcpu`s. The other public modules of the hypervisor are `save` (the state-record convention every
+and its `Vcpu`s, and the hypercall table (HYPERCALLS). The other public modules of the hypervisor are `save` (the state-record convention every
 object follows), `intercept` (the typed interface tracing, fault injection and the debugger listen through)
 and `debugger` (breakpoints, watchpoints, single-step). Everything else in miniguest/hypervisor/ is Xen's
 inside; import-linter (pyproject.toml) keeps the layers above from importing it.
@@ -26,14 +26,21 @@ from miniguest.hypervisor.crash import NO_SYMBOLS, Symbolizer
 from miniguest.hypervisor.domain import (BUDGET, CRASHED, CREATED, FINAL_STATES, HUNG, PAUSED, RUNNING,
                                          SHUTDOWN, STOPPED, Domain, DomainConfig)
 from miniguest.hypervisor.hostloop import HostLoop
+from miniguest.hypervisor.hypercall import Hypercall, HypercallTable
+from miniguest.hypervisor.pv.hypercall import PV64_HYPERCALLS
 from miniguest.hypervisor.ram import AddressSpace, GuestFault
 from miniguest.hypervisor.vcpu import Vcpu
 from miniguest.hypervisor.vcpu_regs import save as _save_registers
 from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, PageTypeError
 
 __all__ = ["Host", "GrantMapping", "VcpuContext", "Domain", "DomainConfig", "Vcpu", "AddressSpace", "HostLoop",
-           "Dom0Evtchn", "EvtchnError", "GrantError", "GuestFault", "PageTypeError", "Symbolizer", "NO_SYMBOLS", "CREATED",
-           "RUNNING", "PAUSED", "SHUTDOWN", "CRASHED", "BUDGET", "HUNG", "STOPPED", "FINAL_STATES"]
+           "Dom0Evtchn", "EvtchnError", "GrantError", "GuestFault", "PageTypeError", "Symbolizer", "NO_SYMBOLS",
+           "Hypercall", "HypercallTable", "HYPERCALLS", "CREATED", "RUNNING", "PAUSED", "SHUTDOWN", "CRASHED",
+           "BUDGET", "HUNG", "STOPPED", "FINAL_STATES"]
+
+# The hypercalls a PV guest has: names, sub-ops, argument decoders (what traces, fault-injection rules and
+# gdb's catchpoints name). Every domain dispatches through this table (Domain.hypercalls).
+HYPERCALLS: HypercallTable = PV64_HYPERCALLS
 
 D = TypeVar("D", bound=Domain)
 

@@ -29,12 +29,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from miniguest.abi import errno as E
 from miniguest.abi.event_channel import EVTCHNSTAT_virq
-from miniguest.abi.xen import HYPERCALL_NAMES, VIRQ_NAMES
+from miniguest.abi.xen import VIRQ_NAMES
+from miniguest.abi.xs_wire import XS_NAMES
+from miniguest.backends.xenstore import XenstoreDaemon
+from miniguest.hypervisor.host import HYPERCALLS
+from miniguest.toolstack.libxl import Guest
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.host import Domain
-    from miniguest.hypervisor.hypercall import Hypercall
-    from miniguest.hypervisor.host import Vcpu
+    from miniguest.backends.xenstore.connection import Connection
+    from miniguest.hypervisor.host import Domain, Hypercall, Vcpu
 
 # xenstored can only send these errno names (xs_wire.h xsd_errors); see backends/xenstore/connection.py.
 XENSTORE_ERRNOS = frozenset({"EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC", "EIO",
@@ -121,12 +124,10 @@ def _errno(text: str) -> int:
 
 
 def _known_subops(name: str) -> Optional[set[str]]:
-    from miniguest.hypervisor.hypercall import TABLE, load_families
-    load_families()
-    for hc in TABLE.values():
-        if hc.name == name:
-            return set(hc.subop_names.values()) if hc.subop_arg is not None else set()
-    return None
+    hc = HYPERCALLS.by_name(name)
+    if hc is None or hc.handler is None:
+        return None
+    return {row.name for row in hc.subops} if hc.subop_arg is not None else set()
 
 
 def _virq(text: str) -> int:
@@ -159,7 +160,7 @@ def _parse(text: str) -> Rule:
             raise RuleError("expected hypercall:NAME[:SUBOP]:ERRNO")
         name = parts[1].strip()
         subop = parts[2].strip() if len(parts) == 4 else None
-        if name != "*" and name not in HYPERCALL_NAMES.values():
+        if name != "*" and HYPERCALLS.by_name(name) is None:
             raise RuleError(f"unknown hypercall {name!r}")
         if subop not in (None, "*") and name != "*":
             known = _known_subops(name)
@@ -203,7 +204,6 @@ def _parse(text: str) -> Rule:
     if target == "xenstore":
         if len(parts) not in (3, 4):
             raise RuleError("expected xenstore:OP[:path=GLOB]:ERRNO")
-        from miniguest.abi.xs_wire import XS_NAMES
         op = parts[1].strip().upper()
         if op != "*" and f"XS_{op}" not in XS_NAMES.values():
             raise RuleError(f"unknown xenstore message type {parts[1]!r}")
@@ -230,7 +230,7 @@ class FaultInjector:
         self.rules: list[Rule] = [r if isinstance(r, Rule) else parse_rule(r) for r in rules]
         self.injected: list[dict[str, Any]] = []
         self.domain: Optional["Domain"] = None
-        self._daemon: Any = None
+        self._daemon: Optional[XenstoreDaemon] = None
 
     # -- wiring -------------------------------------------------------------------------------------------
     def attach(self, domain: "Domain") -> "FaultInjector":
@@ -242,7 +242,7 @@ class FaultInjector:
         if self.domain is domain:
             return
         self.domain = domain
-        daemon = getattr(domain, "xenstored", None)
+        daemon = domain.xenstored if isinstance(domain, Guest) else None
         if daemon is not None and any(r.target == "xenstore" for r in self.rules):
             daemon.message_hooks.append(self._xenstore_hook)
             self._daemon = daemon
@@ -264,8 +264,8 @@ class FaultInjector:
         if self.domain is not None:
             self.domain.emit("inject", **rec)
 
-    # -- hypercalls (hypercalls.call asks before running the handler) -------------------------------------
-    def check(self, vcpu: "Vcpu", hc: "Hypercall", args: tuple[int, ...]) -> Optional[int]:
+    # -- the hypervisor's FaultInjection interface (hypervisor/intercept.py) -------------------------------
+    def hypercall_fault(self, vcpu: "Vcpu", hc: "Hypercall", args: tuple[int, ...]) -> Optional[int]:
         self._bind(vcpu.domain)
         result = None
         subop = hc.subop_name(args)
@@ -279,8 +279,7 @@ class FaultInjector:
                 self._emit(rule, name=hc.name, subop=subop, errno=E.name(rule.errno))
         return result
 
-    # -- events (EventChannels.set_pending / send ask before raising or notifying) -------------------------
-    def event(self, domain: "Domain", port: int, direction: str) -> bool:
+    def event_fault(self, domain: "Domain", port: int, direction: str) -> bool:
         """True if this notification was dropped or delayed (the caller must then not deliver it)."""
         self._bind(domain)
         taken = False
@@ -304,12 +303,11 @@ class FaultInjector:
                 domain.events.deliver_later(port, direction, deadline)
         return taken
 
-    # -- xenstore (xenstored's message hook) ------------------------------------------------------------
-    def _xenstore_hook(self, conn: Any, direction: str, msg_type: int, req_id: int, tx_id: int,
+    # -- xenstore (xenstored's message hook, intercept.MessageHook) ---------------------------------------
+    def _xenstore_hook(self, conn: "Connection", direction: str, msg_type: int, req_id: int, tx_id: int,
                        payload: bytes) -> Optional[str]:
-        if direction != "request" or not self._active() or conn.domid != self.domain.domid:
+        if direction != "request" or self.domain is None or not self._active() or conn.domid != self.domain.domid:
             return None
-        from miniguest.abi.xs_wire import XS_NAMES
         type_name = XS_NAMES.get(msg_type, "")[3:]
         first = bytes(payload).split(b"\0", 1)[0].decode("latin-1")
         for rule in self.rules:
@@ -323,7 +321,7 @@ class FaultInjector:
         return None
 
     @staticmethod
-    def _path_matches(conn: Any, pattern: str, path: str) -> bool:
+    def _path_matches(conn: "Connection", pattern: str, path: str) -> bool:
         if fnmatch.fnmatchcase(path, pattern):
             return True
         absolute = path if path.startswith("/") else f"{conn.implicit_path}/{path}"

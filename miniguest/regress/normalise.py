@@ -77,7 +77,7 @@ ARG_KINDS: dict[str, tuple[Optional[str], ...]] = {
     "mca": (PTR,),
 }
 
-# Decoded fields (miniguest.regress.decoders) that hold pointers or addresses, by hypercall; they apply at
+# Decoded fields (the families' decoders, hypervisor/decode.py) that hold pointers or addresses, by hypercall; they apply at
 # any depth of the `in`/`out` structs (e.g. each entry of set_trap_table's `traps`).
 FIELD_KINDS: dict[str, dict[str, str]] = {
     "set_trap_table": {"handler": ADDR},

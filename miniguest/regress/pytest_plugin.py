@@ -82,9 +82,10 @@ class GuestRun:
         return xtf_result(self.console)
 
     def meta(self) -> dict[str, Any]:
+        from miniguest.regress.faults import FaultInjector
         from miniguest.regress.tracefile import image_meta
         fi = self.domain.fault_injector
-        rules = [r.text for r in fi.rules] if fi is not None and hasattr(fi, "rules") else None
+        rules = [r.text for r in fi.rules] if isinstance(fi, FaultInjector) else None
         return image_meta(self.image, self.domain, rules)
 
     def close(self) -> None:

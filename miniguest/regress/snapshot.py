@@ -47,7 +47,7 @@ DOMAIN_CARRIED = ("nr_pages", "tot_pages", "max_pages", "vm_assist", "grants", "
                   "shutdown_code", "crash_report", "messages", "_logged", "hv_console_input", "watchdogs", "p2m",
                   "uuid", "handle", "clock", "timers", "events", "frames", "xen", "mem", "vcpus", "console",
                   "console_backend", "xenstored", "pirq_eoi_mfn", "pirq_eoi_auto_unmask")
-DOMAIN_REBUILT = ("config", "host", "name", "image", "symbols", "layout", "start_info_va", "store",
+DOMAIN_REBUILT = ("config", "host", "name", "image", "symbols", "layout", "start_info_va", "store", "hypercalls",
                   "foreign_mapped",
                   "hv_console_sink", "hypercall_observers", "trace_sinks", "fault_injector", "on_final", "on_idle",
                   "_pause_requested", "_interrupted", "_shared_info", "internal_traceback")

@@ -10,7 +10,7 @@ from guestlib import cli
 from regresslib import HELLO, MINIOS, trace_run
 
 from miniguest.regress import perfetto
-from miniguest.regress.decoders import registered
+from miniguest.hypervisor.host import HYPERCALLS
 from miniguest.regress.tracefile import diff, load, parse_lines
 
 
@@ -39,7 +39,7 @@ def test_decoded_hypercalls_of_minios():
 
 
 def test_every_subop_with_a_struct_has_a_decoder():
-    have = {(n, s) for n, s, _ in registered()}
+    have = {(n, s) for n, s, _ in HYPERCALLS.registered_decoders()}
     for name, subop in [("event_channel_op", "bind_virq"), ("event_channel_op", "alloc_unbound"),
                         ("sched_op", "shutdown"), ("sched_op", "poll"), ("memory_op", "populate_physmap"),
                         ("memory_op", "decrease_reservation"), ("mmu_update", None), ("mmuext_op", None),

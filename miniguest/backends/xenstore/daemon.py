@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno as E
+from miniguest.hypervisor.intercept import MessageHook
 from miniguest.hypervisor.save import Fields, StateError
 
 from .connection import Connection
@@ -49,9 +50,10 @@ class XenstoreDaemon:
         self._servers: list[SocketServer] = []
         #: optional hook for a wire INTRODUCE of an unknown domain: (domid, mfn, port) -> (page, notify)
         self.map_interface: Optional[MapInterface] = None
-        #: message hooks (tracing, fault injection: miniguest.regress), see Connection.handle and _queue:
-        #: hook(conn, "request" | "reply" | "event", type, req_id, tx_id, payload) -> errno name or None
-        self.message_hooks: list[Callable[..., Optional[str]]] = []
+        #: message hooks (tracing, fault injection): hypervisor/intercept.py's MessageHook, called from
+        #: Connection.handle and _queue: hook(conn, "request" | "reply" | "event", type, req_id, tx_id,
+        #: payload) -> errno name or None
+        self.message_hooks: list[MessageHook] = []
         self.dom0 = Dom0Store(self)
         self.connections.append(self.dom0)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from miniguest.abi import errno
 from miniguest.abi.xen import HYPERVISOR_domctl, HYPERVISOR_sysctl
-from miniguest.hypervisor.hypercall import hypercall
+from miniguest.hypervisor.hypercall import Hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -24,7 +24,6 @@ DOMCTL_SIZE = 16 + 128               # cmd, interface_version, domain, pad, unio
 XEN_DOMCTL_createdomain = 1
 
 
-@hypercall(HYPERVISOR_sysctl, 1)
 def sysctl(vcpu: "Vcpu", arg: int) -> int:
     _, version = struct.unpack_from("<II", vcpu.mem.read(arg, SYSCTL_SIZE))
     if version != XEN_SYSCTL_INTERFACE_VERSION:
@@ -32,7 +31,6 @@ def sysctl(vcpu: "Vcpu", arg: int) -> int:
     return -errno.EPERM                # xsm_sysctl(XSM_PRIV)
 
 
-@hypercall(HYPERVISOR_domctl, 1)
 def domctl(vcpu: "Vcpu", arg: int) -> int:
     cmd, version, domain = struct.unpack_from("<IIH", vcpu.mem.read(arg, DOMCTL_SIZE))
     if version != XEN_DOMCTL_INTERFACE_VERSION:
@@ -40,3 +38,7 @@ def domctl(vcpu: "Vcpu", arg: int) -> int:
     if cmd != XEN_DOMCTL_createdomain and domain not in (0, vcpu.domain.domid):
         return -errno.ESRCH            # rcu_lock_domain_by_id: dom0 and ourselves are all there is
     return -errno.EPERM                # xsm_domctl(XSM_OTHER): privileged
+
+
+HYPERCALLS = (Hypercall(HYPERVISOR_sysctl, "sysctl", sysctl, 1),
+              Hypercall(HYPERVISOR_domctl, "domctl", domctl, 1))

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from miniguest.abi import errno
-from miniguest.abi.event_channel import (ARG_STRUCTS, EVTCHNOP_NAMES, EVTCHNOP_alloc_unbound,
-                                         EVTCHNOP_bind_interdomain, EVTCHNOP_bind_ipi, EVTCHNOP_bind_vcpu,
-                                         EVTCHNOP_bind_virq, EVTCHNOP_close, EVTCHNOP_reset, EVTCHNOP_send,
-                                         EVTCHNOP_status, EVTCHNOP_unmask, EVTCHNSTAT_closed,
-                                         EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi, EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
+from miniguest.abi.event_channel import (ARG_STRUCTS, EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain,
+                                         EVTCHNOP_bind_ipi, EVTCHNOP_bind_pirq, EVTCHNOP_bind_vcpu,
+                                         EVTCHNOP_bind_virq, EVTCHNOP_close, EVTCHNOP_expand_array,
+                                         EVTCHNOP_init_control, EVTCHNOP_reset, EVTCHNOP_reset_cont, EVTCHNOP_send,
+                                         EVTCHNOP_set_priority, EVTCHNOP_status, EVTCHNOP_unmask,
+                                         EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
+                                         EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
 from miniguest.abi.xen import (DOMID_SELF, HYPERVISOR_event_channel_op, HYPERVISOR_event_channel_op_compat,
                                NR_EVENT_CHANNELS, NR_VIRQS, PER_VCPU_VIRQS, VIRQ_NAMES, VIRQ_TIMER)
 from miniguest.hypervisor.common.event_2l import Evtchn2L
-from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded, domid, virq_name
+from miniguest.hypervisor.hypercall import Hypercall, HypercallError, SubOp, SubOps, UnknownSubop, not_implemented
+from miniguest.hypervisor.intercept import EventObserver
 from miniguest.hypervisor.save import Fields, StateError
 
 if TYPE_CHECKING:
@@ -189,7 +193,7 @@ class EventChannels:
         self.max_ports = min(max_ports, NR_EVENT_CHANNELS - 1)
         self.ports: dict[int, Port] = {}
         self.virq_ports: dict[tuple[int, int], int] = {}    # (vcpu, virq) -> port
-        self.on_raise: list[Callable[[int, str], None]] = []   # trace hooks: (port, what)
+        self.on_raise: list[EventObserver] = []   # notifications that go through (intercept.py)
         self.port_ops: PortOps = Evtchn2L(domain)
 
     # -- the port ABI -------------------------------------------------------------------------------------
@@ -206,8 +210,8 @@ class EventChannels:
     def set_pending(self, port: int, intercept: bool = True) -> None:
         """Xen's evtchn_2l_set_pending: the guest-visible effect of raising `port`. `intercept=False`: a
         notification fault injection held back and now delivers (`deliver_later`)."""
-        fi = self.domain.fault_injector     # fault injection (miniguest.regress) may drop or delay the raise
-        if intercept and fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "raise"):
+        fi = self.domain.fault_injector     # fault injection may drop or hold back the raise
+        if intercept and fi is not None and fi.event_fault(self.domain, port, "raise"):
             return
         p = self.ports.get(port)
         vcpu_id = p.vcpu if p else 0
@@ -318,8 +322,8 @@ class EventChannels:
             if p.remote_dom == self.domain.domid:
                 self.set_pending(p.remote_port, intercept)
             elif p.remote_dom == 0:
-                fi = self.domain.fault_injector     # fault injection may drop or delay the notification
-                if intercept and fi is not None and hasattr(fi, "event") and fi.event(self.domain, port, "send"):
+                fi = self.domain.fault_injector     # fault injection may drop or hold back the notification
+                if intercept and fi is not None and fi.event_fault(self.domain, port, "send"):
                     return
                 for cb in self.on_raise:
                     cb(port, "send")
@@ -477,53 +481,167 @@ class EventChannels:
 
 
 # -- the hypercall: event_channel_op and its pre-3.0.2 compat form ----------------------------------------
-NAMES = {k: v[len("EVTCHNOP_"):] for k, v in EVTCHNOP_NAMES.items()}
+# Each sub-op gets the domain's table and its argument struct (abi.event_channel.ARG_STRUCTS), fills in the
+# struct's outputs and says whether it has any to copy back.
+def _alloc_unbound(ev: EventChannels, a: Any) -> bool:
+    a.port = ev.alloc_unbound(a.dom, a.remote_dom)
+    return True
+
+
+def _bind_interdomain(ev: EventChannels, a: Any) -> bool:
+    a.local_port = ev.bind_interdomain(a.remote_dom, a.remote_port)
+    return True
+
+
+def _bind_virq(ev: EventChannels, a: Any) -> bool:
+    a.port = ev.bind_virq(a.virq, a.vcpu)
+    return True
+
+
+def _bind_ipi(ev: EventChannels, a: Any) -> bool:
+    a.port = ev.bind_ipi(a.vcpu)
+    return True
+
+
+def _close(ev: EventChannels, a: Any) -> bool:
+    ev.close(a.port)
+    return False
+
+
+def _send(ev: EventChannels, a: Any) -> bool:
+    ev.send(a.port)
+    return False
+
+
+def _status(ev: EventChannels, a: Any) -> bool:
+    a.status, a.vcpu, a.u0, a.u1 = ev.status(a.dom, a.port)
+    return True
+
+
+def _unmask(ev: EventChannels, a: Any) -> bool:
+    ev.unmask(a.port)
+    return False
+
+
+def _bind_vcpu(ev: EventChannels, a: Any) -> bool:
+    ev.bind_vcpu(a.port, a.vcpu)
+    return False
+
+
+def _reset(ev: EventChannels, a: Any) -> bool:
+    ev.reset(a.dom)
+    return False
 
 
 def evtchn_op(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    row = SUBOPS.get(cmd)
     cls = ARG_STRUCTS.get(cmd)
-    if cls is None:
+    if row is None or row.handler is None or cls is None:
         raise UnknownSubop(cmd)
     a = vcpu.mem.read_struct(arg, cls)
-    ev = vcpu.domain.events
-    out = True
-    if cmd == EVTCHNOP_alloc_unbound:
-        a.port = ev.alloc_unbound(a.dom, a.remote_dom)
-    elif cmd == EVTCHNOP_bind_interdomain:
-        a.local_port = ev.bind_interdomain(a.remote_dom, a.remote_port)
-    elif cmd == EVTCHNOP_bind_virq:
-        a.port = ev.bind_virq(a.virq, a.vcpu)
-    elif cmd == EVTCHNOP_bind_ipi:
-        a.port = ev.bind_ipi(a.vcpu)
-    elif cmd == EVTCHNOP_close:
-        ev.close(a.port)
-        out = False
-    elif cmd == EVTCHNOP_send:
-        ev.send(a.port)
-        out = False
-    elif cmd == EVTCHNOP_status:
-        a.status, a.vcpu, a.u0, a.u1 = ev.status(a.dom, a.port)
-    elif cmd == EVTCHNOP_unmask:
-        ev.unmask(a.port)
-        out = False
-    elif cmd == EVTCHNOP_bind_vcpu:
-        ev.bind_vcpu(a.port, a.vcpu)
-        out = False
-    elif cmd == EVTCHNOP_reset:
-        ev.reset(a.dom)
-        out = False
-    if out:
+    if row.handler(vcpu.domain.events, a):
         vcpu.mem.write(arg, bytes(a)[:ctypes.sizeof(cls)])
     return 0
 
 
-@hypercall(HYPERVISOR_event_channel_op, 2, subop_arg=0, subop_names=NAMES)
 def event_channel_op(vcpu: "Vcpu", cmd: int, arg: int) -> int:
     return evtchn_op(vcpu, cmd & 0xFFFFFFFF, arg)
 
 
-@hypercall(HYPERVISOR_event_channel_op_compat, 1)
 def event_channel_op_compat(vcpu: "Vcpu", arg: int) -> int:
     """{u32 cmd; pad; union u} in one guest buffer; the union starts at offset 8."""
     cmd = int.from_bytes(vcpu.mem.read(arg, 4), "little")
     return evtchn_op(vcpu, cmd, arg + 8)
+
+
+# -- decoders: the same for both forms, the compat form's arguments 8 bytes into its buffer -----------------
+EVTCHN_STATUS = {EVTCHNSTAT_closed: "closed", EVTCHNSTAT_unbound: "unbound", EVTCHNSTAT_interdomain: "interdomain",
+                 3: "pirq", EVTCHNSTAT_virq: "virq", EVTCHNSTAT_ipi: "ipi"}
+_ARGS_IN = {   # sub-op -> (layout, field names) of what the guest passes
+    EVTCHNOP_alloc_unbound: ("<HH", ("dom", "remote_dom")),
+    EVTCHNOP_bind_interdomain: ("<H2xI", ("remote_dom", "remote_port")),
+    EVTCHNOP_bind_virq: ("<II", ("virq", "vcpu")),
+    EVTCHNOP_bind_ipi: ("<I", ("vcpu",)),
+    EVTCHNOP_close: ("<I", ("port",)),
+    EVTCHNOP_send: ("<I", ("port",)),
+    EVTCHNOP_unmask: ("<I", ("port",)),
+    EVTCHNOP_status: ("<H2xI", ("dom", "port")),
+    EVTCHNOP_bind_vcpu: ("<II", ("port", "vcpu")),
+    EVTCHNOP_reset: ("<H", ("dom",)),
+}
+_PORT_OUT = {EVTCHNOP_alloc_unbound: (4, "port"), EVTCHNOP_bind_interdomain: (8, "local_port"),
+             EVTCHNOP_bind_virq: (8, "port"), EVTCHNOP_bind_ipi: (4, "port")}
+
+
+def _decode_in(ctx: DecodeCtx, op: int, arg: int) -> Optional[Decoded]:
+    spec = _ARGS_IN.get(op)
+    if spec is None:
+        return None
+    fmt, names = spec
+    out = dict(zip(names, ctx.unpack(fmt, arg)))
+    for key in ("dom", "remote_dom"):
+        if key in out:
+            out[key] = domid(out[key])
+    if op == EVTCHNOP_bind_virq:
+        out["virq"] = virq_name(out["virq"])
+    return out
+
+
+def _decode_out(ctx: DecodeCtx, op: int, arg: int) -> Optional[Decoded]:
+    if op in _PORT_OUT:
+        off, key = _PORT_OUT[op]
+        return {key: ctx.u32(arg + off)}
+    if op == EVTCHNOP_status:
+        status, vcpu, u0, u1 = ctx.unpack("<IIII", arg + 8)
+        out: Decoded = {"status": EVTCHN_STATUS.get(status, status), "vcpu": vcpu}
+        if status == EVTCHNSTAT_unbound:
+            out["remote_dom"] = u0 & 0xFFFF
+        elif status == EVTCHNSTAT_interdomain:
+            out["remote_dom"], out["remote_port"] = u0 & 0xFFFF, u1
+        elif status == EVTCHNSTAT_virq:
+            out["virq"] = virq_name(u0)
+        return out
+    return None
+
+
+def _compat_in(ctx: DecodeCtx) -> Decoded:
+    cmd = ctx.u32(ctx.args[0])
+    row = SUBOPS.get(cmd)
+    name = row.name if row is not None and cmd in ARG_STRUCTS else str(cmd)
+    return {"cmd": name, **(_decode_in(ctx, cmd, ctx.args[0] + 8) or {})}
+
+
+def _compat_out(ctx: DecodeCtx, ins: Decoded) -> Optional[Decoded]:
+    op = next((row.nr for row in SUBOPS if row.name == ins.get("cmd")), -1)
+    return _decode_out(ctx, op, ctx.args[0] + 8)
+
+
+def _row(nr: int, name: str, handler: Callable[[EventChannels, Any], bool]) -> SubOp:
+    return SubOp(nr, name, handler,
+                 decode_in=(lambda ctx: _decode_in(ctx, nr, ctx.args[1])) if nr in _ARGS_IN else None,
+                 decode_out=(lambda ctx, ins: _decode_out(ctx, nr, ctx.args[1]))
+                 if nr in _PORT_OUT or nr == EVTCHNOP_status else None)
+
+
+SUBOPS = SubOps((
+    _row(EVTCHNOP_bind_interdomain, "bind_interdomain", _bind_interdomain),
+    _row(EVTCHNOP_bind_virq, "bind_virq", _bind_virq),
+    SubOp(EVTCHNOP_bind_pirq, "bind_pirq", not_implemented(EVTCHNOP_bind_pirq)),
+    _row(EVTCHNOP_close, "close", _close),
+    _row(EVTCHNOP_send, "send", _send),
+    _row(EVTCHNOP_status, "status", _status),
+    _row(EVTCHNOP_alloc_unbound, "alloc_unbound", _alloc_unbound),
+    _row(EVTCHNOP_bind_ipi, "bind_ipi", _bind_ipi),
+    _row(EVTCHNOP_bind_vcpu, "bind_vcpu", _bind_vcpu),
+    _row(EVTCHNOP_unmask, "unmask", _unmask),
+    _row(EVTCHNOP_reset, "reset", _reset),
+    SubOp(EVTCHNOP_init_control, "init_control", not_implemented(EVTCHNOP_init_control)),
+    SubOp(EVTCHNOP_expand_array, "expand_array", not_implemented(EVTCHNOP_expand_array)),
+    SubOp(EVTCHNOP_set_priority, "set_priority", not_implemented(EVTCHNOP_set_priority)),
+    SubOp(EVTCHNOP_reset_cont, "reset_cont", not_implemented(EVTCHNOP_reset_cont)),
+))
+HYPERCALLS = (
+    Hypercall(HYPERVISOR_event_channel_op, "event_channel_op", event_channel_op, 2, subop_arg=0, subops=SUBOPS),
+    Hypercall(HYPERVISOR_event_channel_op_compat, "event_channel_op_compat", event_channel_op_compat, 1,
+              decode_in=_compat_in, decode_out=_compat_out),
+)

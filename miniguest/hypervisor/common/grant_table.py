@@ -12,11 +12,12 @@ mapping holds its own. Unmapping checks that the PTE still maps the frame with t
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.xen import DOMID_SELF, HYPERVISOR_grant_table_op
-from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded, domid, put_list
+from miniguest.hypervisor.hypercall import Hypercall, SubOp, SubOps
 from miniguest.hypervisor.ram import GuestFault, guest_range_ok
 from miniguest.hypervisor.save import Fields, StateError
 from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_writable, PageTypeError
@@ -33,9 +34,6 @@ GNTTABOP_copy = 5
 GNTTABOP_query_size = 6
 GNTTABOP_set_version = 8
 GNTTABOP_get_version = 10
-NAMES = {0: "map_grant_ref", 1: "unmap_grant_ref", 2: "setup_table", 3: "dump_table", 4: "transfer",
-         5: "copy", 6: "query_size", 7: "unmap_and_replace", 8: "set_version", 9: "get_status_frames",
-         10: "get_version", 11: "swap_grant_ref", 12: "cache_flush"}
 GNTTABOP_unmap_and_replace = 7
 GNTST_okay = 0
 GNTST_general_error = -1
@@ -107,70 +105,120 @@ def _self(vcpu: "Vcpu", dom: int) -> bool:
     return dom in (DOMID_SELF, vcpu.domain.domid)
 
 
-@hypercall(HYPERVISOR_grant_table_op, 3, subop_arg=0, subop_names=NAMES)
-def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> int:
-    cmd &= 0xFFFFFFFF
-    count &= 0xFFFFFFFF
+def _setup_table(vcpu: "Vcpu", uop: int, count: int) -> int:
     dom = vcpu.domain
     gt = dom.grants.frames
-    if cmd == GNTTABOP_setup_table:
-        for i in range(count):
-            arg = uop + i * _SETUP.size
-            d, nr, _, frame_list = _SETUP.unpack(vcpu.mem.read(arg, _SETUP.size))
-            status = GNTST_okay
-            if not _self(vcpu, d):
-                status = GNTST_permission_denied
-            elif nr > len(gt):
-                status = GNTST_general_error
-            else:
-                dom.grants.nr_frames = max(dom.grants.nr_frames, nr)
-                try:
-                    vcpu.mem.write(frame_list, struct.pack(f"<{nr}Q", *gt[:nr]))
-                except GuestFault:
-                    status = GNTST_bad_virt_addr
-            vcpu.mem.write(arg + 8, struct.pack("<h", status))
-        return 0
-    if cmd == GNTTABOP_query_size:
-        for i in range(count):
-            arg = uop + i * _QUERY.size
-            d = struct.unpack("<H", vcpu.mem.read(arg, 2))[0]
-            status = GNTST_okay if _self(vcpu, d) else GNTST_bad_domain
-            vcpu.mem.write(arg, _QUERY.pack(d, dom.grants.nr_frames, len(gt), status))
-        return 0
-    if cmd == GNTTABOP_get_version:
-        d = struct.unpack("<H", vcpu.mem.read(uop, 2))[0]
+    for i in range(count):
+        arg = uop + i * _SETUP.size
+        d, nr, _, frame_list = _SETUP.unpack(vcpu.mem.read(arg, _SETUP.size))
+        status = GNTST_okay
         if not _self(vcpu, d):
-            return -errno.EPERM
-        vcpu.mem.write(uop + 4, struct.pack("<I", 1))
-        return 0
-    if cmd == GNTTABOP_set_version:
-        # Xen's gnttab_set_version: only 1 and 2 are versions (else -EINVAL); this table is v1-only, so v2
-        # answers as a Xen whose grant table max version is 1 does: -ENOSYS, "as before set_version was
-        # introduced". The current version is written back in every case.
-        version = struct.unpack("<I", vcpu.mem.read(uop, 4))[0]
-        rc = 0 if version == 1 else -errno.ENOSYS if version == 2 else -errno.EINVAL
-        vcpu.mem.write(uop, struct.pack("<I", 1))
-        return rc
-    if cmd == GNTTABOP_map_grant_ref:
-        for i in range(count):
-            arg = uop + i * _MAP.size
-            host_addr, flags, ref, d, _, _, _ = _MAP.unpack(vcpu.mem.read(arg, _MAP.size))
-            status, handle, bus = _map_one(vcpu, host_addr, flags, ref, d)
-            vcpu.mem.write(arg + 18, struct.pack("<hIQ", status, handle, bus))
-        return 0
-    if cmd in (GNTTABOP_unmap_grant_ref, GNTTABOP_unmap_and_replace):
+            status = GNTST_permission_denied
+        elif nr > len(gt):
+            status = GNTST_general_error
+        else:
+            dom.grants.nr_frames = max(dom.grants.nr_frames, nr)
+            try:
+                vcpu.mem.write(frame_list, struct.pack(f"<{nr}Q", *gt[:nr]))
+            except GuestFault:
+                status = GNTST_bad_virt_addr
+        vcpu.mem.write(arg + 8, struct.pack("<h", status))
+    return 0
+
+
+def _query_size(vcpu: "Vcpu", uop: int, count: int) -> int:
+    dom = vcpu.domain
+    for i in range(count):
+        arg = uop + i * _QUERY.size
+        d = struct.unpack("<H", vcpu.mem.read(arg, 2))[0]
+        status = GNTST_okay if _self(vcpu, d) else GNTST_bad_domain
+        vcpu.mem.write(arg, _QUERY.pack(d, dom.grants.nr_frames, len(dom.grants.frames), status))
+    return 0
+
+
+def _get_version(vcpu: "Vcpu", uop: int, count: int) -> int:
+    d = struct.unpack("<H", vcpu.mem.read(uop, 2))[0]
+    if not _self(vcpu, d):
+        return -errno.EPERM
+    vcpu.mem.write(uop + 4, struct.pack("<I", 1))
+    return 0
+
+
+def _set_version(vcpu: "Vcpu", uop: int, count: int) -> int:
+    # Xen's gnttab_set_version: only 1 and 2 are versions (else -EINVAL); this table is v1-only, so v2
+    # answers as a Xen whose grant table max version is 1 does: -ENOSYS, "as before set_version was
+    # introduced". The current version is written back in every case.
+    version = struct.unpack("<I", vcpu.mem.read(uop, 4))[0]
+    rc = 0 if version == 1 else -errno.ENOSYS if version == 2 else -errno.EINVAL
+    vcpu.mem.write(uop, struct.pack("<I", 1))
+    return rc
+
+
+def _map_grant_ref(vcpu: "Vcpu", uop: int, count: int) -> int:
+    for i in range(count):
+        arg = uop + i * _MAP.size
+        host_addr, flags, ref, d, _, _, _ = _MAP.unpack(vcpu.mem.read(arg, _MAP.size))
+        status, handle, bus = _map_one(vcpu, host_addr, flags, ref, d)
+        vcpu.mem.write(arg + 18, struct.pack("<hIQ", status, handle, bus))
+    return 0
+
+
+def _unmap(replace: bool) -> Callable[["Vcpu", int, int], int]:
+    """unmap_grant_ref, or unmap_and_replace (whose second address is the replacement's, not dev_bus_addr)."""
+    def handler(vcpu: "Vcpu", uop: int, count: int) -> int:
         for i in range(count):
             arg = uop + i * _UNMAP.size
             host_addr, second, handle, _ = _UNMAP.unpack(vcpu.mem.read(arg, _UNMAP.size))
-            if cmd == GNTTABOP_unmap_grant_ref:
-                status = _unmap_one(vcpu, handle, host_addr, second, None)
-            else:
+            if replace:
                 status = _unmap_one(vcpu, handle, host_addr, 0, second)
+            else:
+                status = _unmap_one(vcpu, handle, host_addr, second, None)
             vcpu.mem.write(arg + 20, struct.pack("<h", status))
         return 0
-    if cmd in NAMES:
-        return -errno.ENOSYS
-    raise UnknownSubop(cmd)
+    return handler
+
+
+def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> Optional[int]:
+    return SUBOPS.run(cmd & 0xFFFFFFFF, vcpu, uop, count & 0xFFFFFFFF)
+
+
+def _setup_in(ctx: DecodeCtx) -> Decoded:
+    dom, nr = ctx.unpack("<H2xI", ctx.args[1])
+    return {"dom": domid(dom), "nr_frames": nr, "count": ctx.args[2] & 0xFFFFFFFF}
+
+
+def _setup_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    _, nr, status, frame_list = ctx.unpack("<H2xIh6xQ", ctx.args[1])
+    out: Decoded = {"status": status}
+    if status == 0 and nr:
+        frames, total = ctx.array(frame_list, nr, "<Q")
+        put_list(out, "frames", [f[0] for f in frames], total)
+    return out
+
+
+def _query_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    _, nr, max_nr, status = ctx.unpack("<H2xIIh2x", ctx.args[1])
+    return {"nr_frames": nr, "max_nr_frames": max_nr, "status": status}
+
+
+# The sub-ops without a handler are Xen's, answered -ENOSYS (no transfer, no v2 status frames here).
+SUBOPS = SubOps((
+    SubOp(GNTTABOP_map_grant_ref, "map_grant_ref", _map_grant_ref),
+    SubOp(GNTTABOP_unmap_grant_ref, "unmap_grant_ref", _unmap(False)),
+    SubOp(GNTTABOP_setup_table, "setup_table", _setup_table, decode_in=_setup_in, decode_out=_setup_out),
+    SubOp(GNTTABOP_dump_table, "dump_table"),
+    SubOp(GNTTABOP_transfer, "transfer"),
+    SubOp(GNTTABOP_copy, "copy"),
+    SubOp(GNTTABOP_query_size, "query_size", _query_size, decode_out=_query_out),
+    SubOp(GNTTABOP_unmap_and_replace, "unmap_and_replace", _unmap(True)),
+    SubOp(GNTTABOP_set_version, "set_version", _set_version),
+    SubOp(9, "get_status_frames"),
+    SubOp(GNTTABOP_get_version, "get_version", _get_version),
+    SubOp(11, "swap_grant_ref"),
+    SubOp(12, "cache_flush"),
+))
+HYPERCALLS = (Hypercall(HYPERVISOR_grant_table_op, "grant_table_op", grant_table_op, 3, subop_arg=0,
+                        subops=SUBOPS),)
 
 
 # -- mapping grants ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_START
@@ -13,7 +13,8 @@ from miniguest.abi.version import (COMPILE_INFO_FIELDS, XEN_CAPABILITIES_INFO_LE
                                    XENVER_extraversion, XENVER_get_features, XENVER_guest_handle,
                                    XENVER_pagesize, XENVER_platform_parameters, XENVER_version)
 from miniguest.abi.xen import HYPERVISOR_xen_version
-from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded, OutputDecoder
+from miniguest.hypervisor.hypercall import Hypercall, HypercallError, SubOp, SubOps
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -28,52 +29,88 @@ COMPILE_INFO = {"compiler": "miniguest (Python)", "compile_by": "miniguest", "co
 FEATURES_SUBMAP0 = ((1 << XENFEAT_mmu_pt_update_preserve_ad) | (1 << XENFEAT_highmem_assist)
                     | (1 << XENFEAT_gnttab_map_avail_bits))
 
-NAMES = {XENVER_version: "version", XENVER_extraversion: "extraversion", XENVER_compile_info: "compile_info",
-         XENVER_capabilities: "capabilities", XENVER_changeset: "changeset",
-         XENVER_platform_parameters: "platform_parameters", XENVER_get_features: "get_features",
-         XENVER_pagesize: "pagesize", XENVER_guest_handle: "guest_handle", XENVER_commandline: "commandline",
-         XENVER_build_id: "build_id"}
-
 
 def _fixed(text: str, size: int) -> bytes:
     raw = text.encode()[:size - 1]
     return raw + b"\0" * (size - len(raw))
 
 
-@hypercall(HYPERVISOR_xen_version, 2, subop_arg=0, subop_names=NAMES)
-def xen_version(vcpu: "Vcpu", cmd: int, arg: int) -> int:
-    mem = vcpu.mem
-    cmd &= 0xFFFFFFFF
-    if cmd == XENVER_version:
-        return (XEN_MAJOR << 16) | XEN_MINOR
-    if cmd == XENVER_extraversion:
-        mem.write(arg, _fixed(XEN_EXTRAVERSION, XEN_EXTRAVERSION_LEN))
-        return 0
-    if cmd == XENVER_compile_info:
-        mem.write(arg, b"".join(_fixed(COMPILE_INFO[name], size) for name, size in COMPILE_INFO_FIELDS))
-        return 0
-    if cmd == XENVER_capabilities:
-        mem.write(arg, _fixed(XEN_CAPABILITIES, XEN_CAPABILITIES_INFO_LEN))
-        return 0
-    if cmd == XENVER_changeset:
-        mem.write(arg, _fixed(XEN_CHANGESET, XEN_CHANGESET_INFO_LEN))
-        return 0
-    if cmd == XENVER_platform_parameters:
-        mem.write_u64(arg, HYPERVISOR_VIRT_START)
-        return 0
-    if cmd == XENVER_get_features:
-        idx = struct.unpack("<I", mem.read(arg, 4))[0]
-        submap = FEATURES_SUBMAP0 if idx == 0 else 0
-        mem.write(arg, struct.pack("<II", idx, submap))
-        return 0
-    if cmd == XENVER_pagesize:
-        return 4096
-    if cmd == XENVER_guest_handle:
-        mem.write(arg, vcpu.domain.handle)
-        return 0
-    if cmd == XENVER_commandline:
-        raise HypercallError(-errno.EPERM, "the hypervisor command line is for privileged domains")
-    if cmd == XENVER_build_id:
-        raise HypercallError(-errno.EPERM, "build_id is for privileged domains")
-    raise UnknownSubop(cmd)
+def _version(vcpu: "Vcpu", arg: int) -> int:
+    return (XEN_MAJOR << 16) | XEN_MINOR
 
+
+def _write(data: Callable[["Vcpu"], bytes]) -> Callable[["Vcpu", int], int]:
+    """A sub-op that copies a fixed structure to the guest's buffer."""
+    def handler(vcpu: "Vcpu", arg: int) -> int:
+        vcpu.mem.write(arg, data(vcpu))
+        return 0
+    return handler
+
+
+def _platform_parameters(vcpu: "Vcpu", arg: int) -> int:
+    vcpu.mem.write_u64(arg, HYPERVISOR_VIRT_START)
+    return 0
+
+
+def _get_features(vcpu: "Vcpu", arg: int) -> int:
+    idx = struct.unpack("<I", vcpu.mem.read(arg, 4))[0]
+    submap = FEATURES_SUBMAP0 if idx == 0 else 0
+    vcpu.mem.write(arg, struct.pack("<II", idx, submap))
+    return 0
+
+
+def _privileged(what: str) -> Callable[["Vcpu", int], int]:
+    def handler(vcpu: "Vcpu", arg: int) -> int:
+        raise HypercallError(-errno.EPERM, f"{what} is for privileged domains")
+    return handler
+
+
+def xen_version(vcpu: "Vcpu", cmd: int, arg: int) -> Optional[int]:
+    return SUBOPS.run(cmd & 0xFFFFFFFF, vcpu, arg)
+
+
+# -- decoders -----------------------------------------------------------------------------------------------
+def _version_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    r = ctx.result or 0
+    return {"major": r >> 16, "minor": r & 0xFFFF}
+
+
+def _string_out(key: str, size: int) -> OutputDecoder:
+    return lambda ctx, ins: {key: ctx.cstr(ctx.args[1], size)}
+
+
+def _platform_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    return {"virt_start": ctx.u64(ctx.args[1])}
+
+
+def _features_in(ctx: DecodeCtx) -> Decoded:
+    return {"submap_idx": ctx.u32(ctx.args[1])}
+
+
+def _features_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    return {"submap": ctx.u32(ctx.args[1] + 4)}
+
+
+def _handle_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    return {"handle": ctx.read(ctx.args[1], 16).hex()}
+
+
+SUBOPS = SubOps((
+    SubOp(XENVER_version, "version", _version, decode_out=_version_out),
+    SubOp(XENVER_extraversion, "extraversion", _write(lambda v: _fixed(XEN_EXTRAVERSION, XEN_EXTRAVERSION_LEN)),
+          decode_out=_string_out("extraversion", 16)),
+    SubOp(XENVER_compile_info, "compile_info",
+          _write(lambda v: b"".join(_fixed(COMPILE_INFO[name], size) for name, size in COMPILE_INFO_FIELDS))),
+    SubOp(XENVER_capabilities, "capabilities",
+          _write(lambda v: _fixed(XEN_CAPABILITIES, XEN_CAPABILITIES_INFO_LEN)),
+          decode_out=_string_out("capabilities", 1024)),
+    SubOp(XENVER_changeset, "changeset", _write(lambda v: _fixed(XEN_CHANGESET, XEN_CHANGESET_INFO_LEN)),
+          decode_out=_string_out("changeset", 64)),
+    SubOp(XENVER_platform_parameters, "platform_parameters", _platform_parameters, decode_out=_platform_out),
+    SubOp(XENVER_get_features, "get_features", _get_features, decode_in=_features_in, decode_out=_features_out),
+    SubOp(XENVER_pagesize, "pagesize", lambda vcpu, arg: 4096),
+    SubOp(XENVER_guest_handle, "guest_handle", _write(lambda v: v.domain.handle), decode_out=_handle_out),
+    SubOp(XENVER_commandline, "commandline", _privileged("the hypervisor command line")),
+    SubOp(XENVER_build_id, "build_id", _privileged("build_id")),
+))
+HYPERCALLS = (Hypercall(HYPERVISOR_xen_version, "xen_version", xen_version, 2, subop_arg=0, subops=SUBOPS),)

@@ -23,18 +23,19 @@ The reservation sub-ops follow Xen's rules as a PV guest sees them:
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import MACH2PHYS_VIRT_START, PTE_ADDR_MASK, _PAGE_PRESENT
-from miniguest.abi.memory import (MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT, XENMEM_NAMES,
-                                  XENMEM_current_reservation, XENMEM_decrease_reservation,
-                                  XENMEM_increase_reservation, XENMEM_populate_physmap,
-                                  XENMEM_machphys_mapping, XENMEM_maximum_gpfn, XENMEM_maximum_ram_page,
-                                  XENMEM_maximum_reservation, XENMEM_memory_map, XENMEM_set_memory_map,
-                                  XENMEM_machine_memory_map)
+from miniguest.abi.memory import (MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT, XENMEM_add_to_physmap,
+                                  XENMEM_current_reservation, XENMEM_decrease_reservation, XENMEM_exchange,
+                                  XENMEM_increase_reservation, XENMEM_machine_memory_map,
+                                  XENMEM_machphys_mapping, XENMEM_machphys_mfn_list, XENMEM_maximum_gpfn,
+                                  XENMEM_maximum_ram_page, XENMEM_maximum_reservation, XENMEM_memory_map,
+                                  XENMEM_populate_physmap, XENMEM_set_memory_map)
 from miniguest.abi.xen import DOMID_SELF, HYPERVISOR_memory_op
-from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded, domid, put_list
+from miniguest.hypervisor.hypercall import Handler, Hypercall, HypercallError, SubOp, SubOps, not_implemented
 from miniguest.hypervisor.ram import GuestFault, guest_range_ok
 from miniguest.hypervisor.x86.page_types import OWNER_NONE, PGT_l1
 
@@ -196,45 +197,118 @@ def decrease_reservation(vcpu: "Vcpu", arg: int, start_extent: int) -> int:
 
 
 # -- the hypercall ---------------------------------------------------------------------------------------
-NAMES = {k: v[len("XENMEM_"):] for k, v in XENMEM_NAMES.items()}
-RESERVATION_OPS = {XENMEM_increase_reservation: increase_reservation,
-                   XENMEM_decrease_reservation: decrease_reservation,
-                   XENMEM_populate_physmap: populate_physmap}
-
-
-def _target(vcpu: "Vcpu", arg: int):
+def _target(vcpu: "Vcpu", arg: int) -> "Domain":
     domid = struct.unpack("<H", vcpu.mem.read(arg, 2))[0]
     if domid not in (DOMID_SELF, vcpu.domain.domid):
         raise HypercallError(-errno.ESRCH, f"no access to d{domid}")
     return vcpu.domain
 
 
-@hypercall(HYPERVISOR_memory_op, 2, subop_arg=0, subop_names=NAMES)
-def memory_op(vcpu: "Vcpu", cmd: int, arg: int) -> int:
-    op = cmd & MEMOP_CMD_MASK
-    dom = vcpu.domain
-    if op in RESERVATION_OPS:           # the number of extents done, never an errno (see above)
-        return RESERVATION_OPS[op](vcpu, arg, (cmd & 0xFFFFFFFF) >> MEMOP_EXTENT_SHIFT)
-    if op == XENMEM_maximum_ram_page:
-        return dom.mem.nr_frames
-    if op == XENMEM_current_reservation:
-        return _target(vcpu, arg).tot_pages
-    if op == XENMEM_maximum_reservation:
-        return _target(vcpu, arg).max_pages
-    if op == XENMEM_maximum_gpfn:
-        return _target(vcpu, arg).nr_pages - 1
-    if op == XENMEM_memory_map:
-        nr_entries, buffer = struct.unpack("<I4xQ", vcpu.mem.read(arg, 16))
-        entries = dom.e820()
-        n = min(nr_entries, len(entries))
-        vcpu.mem.write(buffer, b"".join(struct.pack("<QQI", a, s, t) for a, s, t in entries[:n]))
-        vcpu.mem.write(arg, struct.pack("<I", n))
-        return 0
-    if op == XENMEM_machphys_mapping:
-        nr = dom.mem.nr_frames
-        vcpu.mem.write(arg, struct.pack("<QQQ", MACH2PHYS_VIRT_START, MACH2PHYS_VIRT_START + nr * 8, nr - 1))
-        return 0
-    if op in (XENMEM_set_memory_map, XENMEM_machine_memory_map):
-        return -errno.EPERM
-    raise UnknownSubop(op)
+def _reservation_op(fn: Callable[["Vcpu", int, int], int]) -> Handler:
+    """A reservation sub-op: the number of extents done, never an errno (see above); the command's high bits
+    are the extent to start from (a continuation)."""
+    return lambda vcpu, cmd, arg: fn(vcpu, arg, (cmd & 0xFFFFFFFF) >> MEMOP_EXTENT_SHIFT)
 
+
+def _maximum_ram_page(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    return vcpu.domain.mem.nr_frames
+
+
+def _current_reservation(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    return _target(vcpu, arg).tot_pages
+
+
+def _maximum_reservation(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    return _target(vcpu, arg).max_pages
+
+
+def _maximum_gpfn(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    return _target(vcpu, arg).nr_pages - 1
+
+
+def _memory_map(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    nr_entries, buffer = struct.unpack("<I4xQ", vcpu.mem.read(arg, 16))
+    entries = vcpu.domain.e820()
+    n = min(nr_entries, len(entries))
+    vcpu.mem.write(buffer, b"".join(struct.pack("<QQI", a, s, t) for a, s, t in entries[:n]))
+    vcpu.mem.write(arg, struct.pack("<I", n))
+    return 0
+
+
+def _machphys_mapping(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    nr = vcpu.domain.mem.nr_frames
+    vcpu.mem.write(arg, struct.pack("<QQQ", MACH2PHYS_VIRT_START, MACH2PHYS_VIRT_START + nr * 8, nr - 1))
+    return 0
+
+
+def _privileged(vcpu: "Vcpu", cmd: int, arg: int) -> int:
+    return -errno.EPERM
+
+
+def memory_op(vcpu: "Vcpu", cmd: int, arg: int) -> Optional[int]:
+    return SUBOPS.run(cmd & MEMOP_CMD_MASK, vcpu, cmd, arg)
+
+
+# -- decoders -----------------------------------------------------------------------------------------------
+def _domid_in(ctx: DecodeCtx) -> Decoded:
+    return {"domid": domid(ctx.u16(ctx.args[1]))}
+
+
+def _reservation(ctx: DecodeCtx) -> tuple[int, int, int, int, int]:
+    """(extent_start, nr_extents, extent_order, mem_flags, domid) of a xen_memory_reservation."""
+    return ctx.unpack("<QQIIH", ctx.args[1])
+
+
+def _reservation_in(ctx: DecodeCtx) -> Decoded:
+    start, nr, order, flags, dom = _reservation(ctx)
+    out: Decoded = {"nr_extents": nr, "extent_order": order, "mem_flags": flags, "domid": domid(dom)}
+    if start and (ctx.args[0] & 0x3F) != 0:           # increase_reservation's list is output only
+        values, total = ctx.array(start, nr, "<Q")
+        put_list(out, "extents", [v[0] for v in values], total)
+    return out
+
+
+def _reservation_out(ctx: DecodeCtx, ins: Decoded) -> Optional[Decoded]:
+    start = _reservation(ctx)[0]
+    done = ctx.result or 0
+    if not start or not done:
+        return None
+    values, total = ctx.array(start, done, "<Q")
+    return put_list({}, "mfns", [v[0] for v in values], total)
+
+
+def _memory_map_in(ctx: DecodeCtx) -> Decoded:
+    return {"nr_entries": ctx.u32(ctx.args[1])}
+
+
+def _memory_map_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    n, buf = ctx.unpack("<I4xQ", ctx.args[1])
+    entries, total = ctx.array(buf, n, "<QQI")
+    return {"entries": [{"addr": a, "size": s, "type": t} for a, s, t in entries]}
+
+
+def _machphys_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    v_start, v_end, max_mfn = ctx.unpack("<QQQ", ctx.args[1])
+    return {"v_start": v_start, "v_end": v_end, "max_mfn": max_mfn}
+
+
+SUBOPS = SubOps((
+    SubOp(XENMEM_increase_reservation, "increase_reservation", _reservation_op(increase_reservation),
+          decode_in=_reservation_in, decode_out=_reservation_out),
+    SubOp(XENMEM_decrease_reservation, "decrease_reservation", _reservation_op(decrease_reservation),
+          decode_in=_reservation_in),
+    SubOp(XENMEM_maximum_ram_page, "maximum_ram_page", _maximum_ram_page),
+    SubOp(XENMEM_current_reservation, "current_reservation", _current_reservation, decode_in=_domid_in),
+    SubOp(XENMEM_maximum_reservation, "maximum_reservation", _maximum_reservation, decode_in=_domid_in),
+    SubOp(XENMEM_machphys_mfn_list, "machphys_mfn_list", not_implemented(XENMEM_machphys_mfn_list)),
+    SubOp(XENMEM_populate_physmap, "populate_physmap", _reservation_op(populate_physmap),
+          decode_in=_reservation_in, decode_out=_reservation_out),
+    SubOp(XENMEM_add_to_physmap, "add_to_physmap", not_implemented(XENMEM_add_to_physmap)),
+    SubOp(XENMEM_memory_map, "memory_map", _memory_map, decode_in=_memory_map_in, decode_out=_memory_map_out),
+    SubOp(XENMEM_machine_memory_map, "machine_memory_map", _privileged),
+    SubOp(XENMEM_exchange, "exchange", not_implemented(XENMEM_exchange)),
+    SubOp(XENMEM_machphys_mapping, "machphys_mapping", _machphys_mapping, decode_out=_machphys_out),
+    SubOp(XENMEM_set_memory_map, "set_memory_map", _privileged),
+    SubOp(XENMEM_maximum_gpfn, "maximum_gpfn", _maximum_gpfn, decode_in=_domid_in),
+))
+HYPERCALLS = (Hypercall(HYPERVISOR_memory_op, "memory_op", memory_op, 2, subop_arg=0, subops=SUBOPS),)

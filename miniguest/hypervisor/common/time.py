@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Optional
 from miniguest.abi.shared_info import (SI_WC_SEC, SI_WC_SEC_HI, SI_WC_VERSION, VI_TIME,
                                        XEN_PVCLOCK_TSC_STABLE_BIT)
 from miniguest.abi.xen import HYPERVISOR_set_timer_op, VIRQ_TIMER
-from miniguest.hypervisor.hypercall import hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded
+from miniguest.hypervisor.hypercall import Hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -162,7 +163,6 @@ class VcpuTimer:
             self.periodic = self._timers.add(deadline, self._periodic_fired, self._tag("periodic"))
 
 
-@hypercall(HYPERVISOR_set_timer_op, 1)
 def set_timer_op(vcpu: "Vcpu", timeout: int) -> int:
     """Absolute system time in ns; 0 cancels; a deadline in the past fires at once."""
     timer = vcpu.timer
@@ -179,3 +179,11 @@ def set_timer_op(vcpu: "Vcpu", timeout: int) -> int:
         timeout = now
     timer.set_singleshot(timeout)
     return 0
+
+
+def _set_timer_in(ctx: DecodeCtx) -> Decoded:
+    timeout = ctx.args[0]
+    return {"timeout": timeout, "in_ns": timeout - ctx.now() if timeout else None}
+
+
+HYPERCALLS = (Hypercall(HYPERVISOR_set_timer_op, "set_timer_op", set_timer_op, 1, decode_in=_set_timer_in),)

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.shared_info import VCPU_INFO_SIZE
-from miniguest.abi.vcpu import (RUNSTATE_running, VCPU_SSHOTTMR_future, VCPUOP_NAMES, VCPUOP_down,
-                                VCPUOP_get_physid, VCPUOP_get_runstate_info, VCPUOP_initialise, VCPUOP_is_up,
+from miniguest.abi.vcpu import (RUNSTATE_running, VCPU_SSHOTTMR_future, VCPUOP_down, VCPUOP_get_physid,
+                                VCPUOP_get_runstate_info, VCPUOP_initialise, VCPUOP_is_up,
                                 VCPUOP_register_runstate_memory_area, VCPUOP_register_vcpu_info,
-                                VCPUOP_register_vcpu_time_memory_area,
-                                VCPUOP_send_nmi, VCPUOP_set_periodic_timer, VCPUOP_set_singleshot_timer,
+                                VCPUOP_register_vcpu_time_memory_area, VCPUOP_send_nmi,
+                                VCPUOP_set_periodic_timer, VCPUOP_set_singleshot_timer,
                                 VCPUOP_stop_periodic_timer, VCPUOP_stop_singleshot_timer, VCPUOP_up)
 from miniguest.abi.xen import HYPERVISOR_vcpu_op
-from miniguest.hypervisor.hypercall import HypercallError, UnknownSubop, hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded
+from miniguest.hypervisor.hypercall import Hypercall, HypercallError, SubOp, SubOps
 from miniguest.hypervisor.x86.page_types import PGT_writable
 from miniguest.hypervisor.common.time import VCPU_TIME_INFO_SIZE, update_vcpu_time
 from miniguest.hypervisor.ram import guest_range_ok
@@ -21,75 +22,80 @@ from miniguest.hypervisor.ram import guest_range_ok
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
 
-NAMES = {k: v[len("VCPUOP_"):] for k, v in VCPUOP_NAMES.items()}
 MIN_PERIOD_NS = 1_000_000
 STIME_DELTA_MAX = (1 << 62) - 1
 
 
-@hypercall(HYPERVISOR_vcpu_op, 3, subop_arg=0, subop_names=NAMES)
-def vcpu_op(vcpu: "Vcpu", cmd: int, vcpuid: int, arg: int) -> int:
+def vcpu_op(vcpu: "Vcpu", cmd: int, vcpuid: int, arg: int) -> Optional[int]:
     dom = vcpu.domain
-    cmd &= 0xFFFFFFFF
     vcpuid &= 0xFFFFFFFF
     if vcpuid >= len(dom.vcpus):
         return -errno.ENOENT
-    target = dom.vcpus[vcpuid]
-    now = dom.clock.now_ns()
-    if cmd == VCPUOP_set_singleshot_timer:
-        if target is not vcpu:
-            return -errno.EINVAL
-        timeout, flags = struct.unpack("<QI4x", vcpu.mem.read(arg, 16))
-        if flags & VCPU_SSHOTTMR_future and timeout < now:
-            return -errno.ETIME
-        target.timer.set_singleshot(max(timeout, now))
-        return 0
-    if cmd == VCPUOP_stop_singleshot_timer:
-        if target is not vcpu:
-            return -errno.EINVAL
-        target.timer.stop_singleshot()
-        return 0
-    if cmd == VCPUOP_set_periodic_timer:
-        period = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
-        if period < MIN_PERIOD_NS or period > STIME_DELTA_MAX:
-            return -errno.EINVAL
-        target.timer.period = period
-        target.timer.start_periodic(now)
-        return 0
-    if cmd == VCPUOP_stop_periodic_timer:
-        target.timer.period = 0
-        target.timer.stop_periodic()
-        return 0
-    if cmd == VCPUOP_is_up:
-        return 1
-    if cmd == VCPUOP_up:
-        return 0
-    if cmd in (VCPUOP_initialise, VCPUOP_down):
-        return -errno.EINVAL if cmd == VCPUOP_initialise else -errno.EBUSY
-    if cmd == VCPUOP_get_runstate_info:
-        t = now
-        vcpu.mem.write(arg, struct.pack("<i4xQ4Q", RUNSTATE_running, t, t, 0, 0, 0))
-        return 0
-    if cmd == VCPUOP_register_vcpu_info:
-        mfn, offset = struct.unpack("<QI4x", vcpu.mem.read(arg, 16))
-        return register_vcpu_info(target, mfn, offset)
-    if cmd == VCPUOP_register_runstate_memory_area:
-        addr = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
-        target.runstate_area = addr
-        return 0
-    if cmd == VCPUOP_register_vcpu_time_memory_area:
-        # Xen's arch_do_vcpu_op: a guest address (checked to be one, not to be mapped) where every update of
-        # the vCPU's time record is copied too (the vDSO's pvclock page); 0 stops it.
-        addr = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
-        if addr and not guest_range_ok(addr, VCPU_TIME_INFO_SIZE):
-            return -errno.EFAULT
-        target.time_info_guest = addr
-        update_vcpu_time(target)
-        return 0
-    if cmd == VCPUOP_get_physid:
-        return -errno.EPERM
-    if cmd == VCPUOP_send_nmi:
-        return -errno.ENOSYS
-    raise UnknownSubop(cmd)
+    return SUBOPS.run(cmd & 0xFFFFFFFF, vcpu, dom.vcpus[vcpuid], arg)
+
+
+def _set_singleshot_timer(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    if target is not vcpu:
+        return -errno.EINVAL
+    now = vcpu.domain.clock.now_ns()
+    timeout, flags = struct.unpack("<QI4x", vcpu.mem.read(arg, 16))
+    if flags & VCPU_SSHOTTMR_future and timeout < now:
+        return -errno.ETIME
+    target.timer.set_singleshot(max(timeout, now))
+    return 0
+
+
+def _stop_singleshot_timer(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    if target is not vcpu:
+        return -errno.EINVAL
+    target.timer.stop_singleshot()
+    return 0
+
+
+def _set_periodic_timer(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    period = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
+    if period < MIN_PERIOD_NS or period > STIME_DELTA_MAX:
+        return -errno.EINVAL
+    target.timer.period = period
+    target.timer.start_periodic(vcpu.domain.clock.now_ns())
+    return 0
+
+
+def _stop_periodic_timer(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    target.timer.period = 0
+    target.timer.stop_periodic()
+    return 0
+
+
+def _answer(value: int) -> Callable[["Vcpu", "Vcpu", int], int]:
+    return lambda vcpu, target, arg: value
+
+
+def _get_runstate_info(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    t = vcpu.domain.clock.now_ns()
+    vcpu.mem.write(arg, struct.pack("<i4xQ4Q", RUNSTATE_running, t, t, 0, 0, 0))
+    return 0
+
+
+def _register_vcpu_info(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    mfn, offset = struct.unpack("<QI4x", vcpu.mem.read(arg, 16))
+    return register_vcpu_info(target, mfn, offset)
+
+
+def _register_runstate_memory_area(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    target.runstate_area = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
+    return 0
+
+
+def _register_vcpu_time_memory_area(vcpu: "Vcpu", target: "Vcpu", arg: int) -> int:
+    # Xen's arch_do_vcpu_op: a guest address (checked to be one, not to be mapped) where every update of
+    # the vCPU's time record is copied too (the vDSO's pvclock page); 0 stops it.
+    addr = struct.unpack("<Q", vcpu.mem.read(arg, 8))[0]
+    if addr and not guest_range_ok(addr, VCPU_TIME_INFO_SIZE):
+        return -errno.EFAULT
+    target.time_info_guest = addr
+    update_vcpu_time(target)
+    return 0
 
 
 def register_vcpu_info(vcpu: "Vcpu", mfn: int, offset: int) -> int:
@@ -117,3 +123,53 @@ def register_vcpu_info(vcpu: "Vcpu", mfn: int, offset: int) -> int:
     frame[offset] = 1
     update_vcpu_time(vcpu)
     return 0
+
+
+# -- decoders -----------------------------------------------------------------------------------------------
+def _vcpu_in(ctx: DecodeCtx) -> Decoded:
+    return {"vcpu": ctx.args[1] & 0xFFFFFFFF}
+
+
+def _singleshot_in(ctx: DecodeCtx) -> Decoded:
+    timeout, flags = ctx.unpack("<QI4x", ctx.args[2])
+    return {"vcpu": ctx.args[1] & 0xFFFFFFFF, "timeout": timeout, "in_ns": timeout - ctx.now(), "flags": flags}
+
+
+def _periodic_in(ctx: DecodeCtx) -> Decoded:
+    return {"vcpu": ctx.args[1] & 0xFFFFFFFF, "period_ns": ctx.u64(ctx.args[2])}
+
+
+def _vcpu_info_in(ctx: DecodeCtx) -> Decoded:
+    mfn, offset = ctx.unpack("<QI4x", ctx.args[2])
+    return {"vcpu": ctx.args[1] & 0xFFFFFFFF, "mfn": mfn, "offset": offset}
+
+
+def _runstate_area_in(ctx: DecodeCtx) -> Decoded:
+    return {"vcpu": ctx.args[1] & 0xFFFFFFFF, "addr": ctx.u64(ctx.args[2])}
+
+
+def _runstate_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    state, entry, t0, t1, t2, t3 = ctx.unpack("<i4xQ4Q", ctx.args[2])
+    return {"state": state, "state_entry_time": entry, "time": [t0, t1, t2, t3]}
+
+
+SUBOPS = SubOps((
+    SubOp(VCPUOP_initialise, "initialise", _answer(-errno.EINVAL), decode_in=_vcpu_in),
+    SubOp(VCPUOP_up, "up", _answer(0), decode_in=_vcpu_in),
+    SubOp(VCPUOP_down, "down", _answer(-errno.EBUSY), decode_in=_vcpu_in),
+    SubOp(VCPUOP_is_up, "is_up", _answer(1), decode_in=_vcpu_in),
+    SubOp(VCPUOP_get_runstate_info, "get_runstate_info", _get_runstate_info, decode_in=_vcpu_in,
+          decode_out=_runstate_out),
+    SubOp(VCPUOP_register_runstate_memory_area, "register_runstate_memory_area", _register_runstate_memory_area,
+          decode_in=_runstate_area_in),
+    SubOp(VCPUOP_set_periodic_timer, "set_periodic_timer", _set_periodic_timer, decode_in=_periodic_in),
+    SubOp(VCPUOP_stop_periodic_timer, "stop_periodic_timer", _stop_periodic_timer, decode_in=_vcpu_in),
+    SubOp(VCPUOP_set_singleshot_timer, "set_singleshot_timer", _set_singleshot_timer, decode_in=_singleshot_in),
+    SubOp(VCPUOP_stop_singleshot_timer, "stop_singleshot_timer", _stop_singleshot_timer, decode_in=_vcpu_in),
+    SubOp(VCPUOP_register_vcpu_info, "register_vcpu_info", _register_vcpu_info, decode_in=_vcpu_info_in),
+    SubOp(VCPUOP_send_nmi, "send_nmi", _answer(-errno.ENOSYS), decode_in=_vcpu_in),
+    SubOp(VCPUOP_get_physid, "get_physid", _answer(-errno.EPERM), decode_in=_vcpu_in),
+    SubOp(VCPUOP_register_vcpu_time_memory_area, "register_vcpu_time_memory_area",
+          _register_vcpu_time_memory_area),
+))
+HYPERCALLS = (Hypercall(HYPERVISOR_vcpu_op, "vcpu_op", vcpu_op, 3, subop_arg=0, subops=SUBOPS),)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Optional
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import FIRST_RESERVED_GDT_ENTRY
 from miniguest.abi.xen import HYPERVISOR_set_gdt, HYPERVISOR_update_descriptor
-from miniguest.hypervisor.hypercall import hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded
+from miniguest.hypervisor.hypercall import Hypercall
 from miniguest.hypervisor.x86.page_types import PGT_seg_desc, PGT_writable, PageTypeError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ def check_descriptor(desc: int) -> Optional[int]:
     return None                              # system descriptors and gates are not offered here
 
 
-@hypercall(HYPERVISOR_set_gdt, 2)
 def set_gdt(vcpu: "Vcpu", frame_list: int, entries: int) -> int:
     dom = vcpu.domain
     entries &= 0xFFFFFFFF
@@ -64,7 +64,6 @@ def set_gdt(vcpu: "Vcpu", frame_list: int, entries: int) -> int:
     return 0
 
 
-@hypercall(HYPERVISOR_update_descriptor, 2)
 def update_descriptor(vcpu: "Vcpu", ma: int, desc: int) -> int:
     dom = vcpu.domain
     mfn = ma >> 12
@@ -83,3 +82,19 @@ def update_descriptor(vcpu: "Vcpu", ma: int, desc: int) -> int:
     dom.mem.write_u64(ma, fixed)
     dom.frames.put_type(mfn)
     return 0
+
+
+def _set_gdt_in(ctx: DecodeCtx) -> Decoded:
+    entries = ctx.args[1] & 0xFFFFFFFF
+    nr = min((entries + 511) // 512, 16)
+    frames = list(ctx.unpack(f"<{nr}Q", ctx.args[0])) if nr else []
+    return {"entries": entries, "frames": frames}
+
+
+def _update_descriptor_in(ctx: DecodeCtx) -> Decoded:
+    return {"ma": ctx.args[0], "desc": ctx.args[1]}
+
+
+HYPERCALLS = (Hypercall(HYPERVISOR_set_gdt, "set_gdt", set_gdt, 2, decode_in=_set_gdt_in),
+              Hypercall(HYPERVISOR_update_descriptor, "update_descriptor", update_descriptor, 2,
+                        decode_in=_update_descriptor_in))

@@ -9,7 +9,8 @@ from unicorn import x86_const as X
 from miniguest.abi.arch_x86 import VGCF_in_syscall
 from miniguest.abi.xen import HYPERVISOR_iret, VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.crash import GuestCrash
-from miniguest.hypervisor.hypercall import hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded
+from miniguest.hypervisor.hypercall import Hypercall
 from miniguest.hypervisor.ram import GuestFault
 from miniguest.hypervisor.x86.cpu import EFLAGS_IF, EFLAGS_IOPL, EFLAGS_VM
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 _IRET = struct.Struct("<9Q")
 
 
-@hypercall(HYPERVISOR_iret, 0)
 def iret(vcpu: "Vcpu") -> Optional[int]:
     """Pop Xen's iret frame {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss} from the guest stack."""
     rsp = vcpu.uc.reg_read(X.UC_X86_REG_RSP)
@@ -43,3 +43,12 @@ def iret(vcpu: "Vcpu") -> Optional[int]:
     uc.reg_write(X.UC_X86_REG_RAX, rax)
     vcpu.upcall_mask = 0 if rflags & EFLAGS_IF else 1
     return None
+
+
+def _iret_in(ctx: DecodeCtx) -> Decoded:
+    rsp = ctx.vcpu.uc.reg_read(X.UC_X86_REG_RSP)
+    rax, r11, rcx, flags, rip, cs, rflags, sp, ss = ctx.unpack("<9Q", rsp)
+    return {"rip": rip, "to": ctx.symbol(rip), "cs": cs, "rflags": rflags, "rsp": sp, "ss": ss, "flags": flags}
+
+
+HYPERCALLS = (Hypercall(HYPERVISOR_iret, "iret", iret, 0, decode_in=_iret_in),)

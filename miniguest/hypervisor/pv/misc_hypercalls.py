@@ -19,44 +19,50 @@ from miniguest.abi.arch_x86 import (FIRST_RESERVED_GDT_ENTRY, HYPERVISOR_VIRT_EN
                                     SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL, canonical)
 from miniguest.abi.xen import (HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_set_debugreg,
                                HYPERVISOR_set_segment_base, HYPERVISOR_stack_switch, HYPERVISOR_xenpmu_op)
-from miniguest.hypervisor.hypercall import hypercall
+from miniguest.hypervisor.decode import DecodeCtx, Decoded
+from miniguest.hypervisor.hypercall import Hypercall, SubOp, SubOps
 from miniguest.hypervisor.x86.cpu import CR4_DE, DR6_DEFAULT, DR7_DEFAULT
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
 
 
-@hypercall(HYPERVISOR_stack_switch, 2)
 def stack_switch(vcpu: "Vcpu", ss: int, sp: int) -> int:
     vcpu.kernel_ss = (ss & 0xFFFF) | 3
     vcpu.kernel_sp = sp
     return 0
 
 
-@hypercall(HYPERVISOR_set_segment_base, 2, subop_arg=0, subop_names={
-    SEGBASE_FS: "fs", SEGBASE_GS_USER: "gs_user", SEGBASE_GS_KERNEL: "gs_kernel", SEGBASE_GS_USER_SEL: "gs_user_sel"})
-def set_segment_base(vcpu: "Vcpu", which: int, base: int) -> int:
-    uc = vcpu.uc
-    which &= 0xFFFFFFFF
-    if which == SEGBASE_GS_USER_SEL:
-        sel = base & 0xFFFF
-        if sel & ~3 and not _selector_ok(vcpu, sel):
-            return -errno.EINVAL
-        vcpu.gs_sel_user = sel | 3 if sel & ~3 else 0
-        vcpu.gs_base_user = 0
-        return 0
-    if not canonical(base):
-        return -errno.EINVAL
-    if which == SEGBASE_FS:
-        uc.msr_write(MSR_FS_BASE, base)
-    elif which == SEGBASE_GS_USER:
-        vcpu.gs_base_user = base
-    elif which == SEGBASE_GS_KERNEL:
-        uc.msr_write(MSR_GS_BASE, base)
-        vcpu.gs_base_kernel = base
-    else:
-        return -errno.EINVAL
+def _fs(vcpu: "Vcpu", base: int) -> int:
+    vcpu.uc.msr_write(MSR_FS_BASE, base)
     return 0
+
+
+def _gs_user(vcpu: "Vcpu", base: int) -> int:
+    vcpu.gs_base_user = base
+    return 0
+
+
+def _gs_kernel(vcpu: "Vcpu", base: int) -> int:
+    vcpu.uc.msr_write(MSR_GS_BASE, base)
+    vcpu.gs_base_kernel = base
+    return 0
+
+
+def _gs_user_sel(vcpu: "Vcpu", base: int) -> int:
+    sel = base & 0xFFFF
+    if sel & ~3 and not _selector_ok(vcpu, sel):
+        return -errno.EINVAL
+    vcpu.gs_sel_user = sel | 3 if sel & ~3 else 0
+    vcpu.gs_base_user = 0
+    return 0
+
+
+def set_segment_base(vcpu: "Vcpu", which: int, base: int) -> int:
+    row = SEGBASE_SUBOPS.get(which & 0xFFFFFFFF)
+    if row is None or row.handler is None or (which & 0xFFFFFFFF != SEGBASE_GS_USER_SEL and not canonical(base)):
+        return -errno.EINVAL
+    return row.handler(vcpu, base)
 
 
 def _selector_ok(vcpu: "Vcpu", sel: int) -> bool:
@@ -64,7 +70,6 @@ def _selector_ok(vcpu: "Vcpu", sel: int) -> bool:
     return bool(sel & 4) or index < vcpu.gdt_ents or index >= FIRST_RESERVED_GDT_ENTRY
 
 
-@hypercall(HYPERVISOR_fpu_taskswitch, 1)
 def fpu_taskswitch(vcpu: "Vcpu", set_ts: int) -> int:
     cr0 = vcpu.uc.reg_read(X.UC_X86_REG_CR0)
     vcpu.cr0_ts = bool(set_ts)
@@ -121,18 +126,43 @@ def set_debugreg_errno(vcpu: "Vcpu", dr: int, value: int) -> int:
     return -errno.ENODEV
 
 
-@hypercall(HYPERVISOR_set_debugreg, 2)
 def do_set_debugreg(vcpu: "Vcpu", reg: int, value: int) -> int:
     return set_debugreg_errno(vcpu, reg & 0xFFFFFFFF, value)
 
 
-@hypercall(HYPERVISOR_get_debugreg, 1)
 def do_get_debugreg(vcpu: "Vcpu", reg: int) -> int:
     value = get_debugreg(vcpu, reg & 0xFFFFFFFF)
     return -errno.ENODEV if value is None else value
 
 
-@hypercall(HYPERVISOR_xenpmu_op, 2)
 def do_xenpmu_op(vcpu: "Vcpu", op: int, arg: int) -> int:
     """Xen's do_xenpmu_op with the vPMU off (its default, vpmu=0): -EOPNOTSUPP for every operation."""
     return -errno.EOPNOTSUPP
+
+
+# -- decoders and the table -----------------------------------------------------------------------------------
+def _stack_switch_in(ctx: DecodeCtx) -> Decoded:
+    return {"ss": ctx.args[0] & 0xFFFF, "sp": ctx.args[1]}
+
+
+def _segbase_in(ctx: DecodeCtx) -> Decoded:
+    return {"base": ctx.args[1]}
+
+
+def _fpu_in(ctx: DecodeCtx) -> Decoded:
+    return {"set_ts": int(bool(ctx.args[0]))}
+
+
+SEGBASE_SUBOPS = SubOps((SubOp(SEGBASE_FS, "fs", _fs, decode_in=_segbase_in),
+                         SubOp(SEGBASE_GS_USER, "gs_user", _gs_user, decode_in=_segbase_in),
+                         SubOp(SEGBASE_GS_KERNEL, "gs_kernel", _gs_kernel, decode_in=_segbase_in),
+                         SubOp(SEGBASE_GS_USER_SEL, "gs_user_sel", _gs_user_sel, decode_in=_segbase_in)))
+HYPERCALLS = (
+    Hypercall(HYPERVISOR_stack_switch, "stack_switch", stack_switch, 2, decode_in=_stack_switch_in),
+    Hypercall(HYPERVISOR_set_segment_base, "set_segment_base", set_segment_base, 2, subop_arg=0,
+              subops=SEGBASE_SUBOPS),
+    Hypercall(HYPERVISOR_fpu_taskswitch, "fpu_taskswitch", fpu_taskswitch, 1, decode_in=_fpu_in),
+    Hypercall(HYPERVISOR_set_debugreg, "set_debugreg", do_set_debugreg, 2),
+    Hypercall(HYPERVISOR_get_debugreg, "get_debugreg", do_get_debugreg, 1),
+    Hypercall(HYPERVISOR_xenpmu_op, "xenpmu_op", do_xenpmu_op, 2),
+)

@@ -15,7 +15,8 @@ from miniguest.abi.arch_x86 import FLAT_USER_SS64, TI_MASK_EVENTS, TRAP_gp_fault
 from miniguest.abi.callback import CALLBACKTYPE_sysenter
 from miniguest.abi.xen import HYPERVISOR_set_trap_table
 from miniguest.hypervisor.crash import GuestCrash
-from miniguest.hypervisor.hypercall import hypercall
+from miniguest.hypervisor.decode import MAX_ITEMS, DecodeCtx, Decoded
+from miniguest.hypervisor.hypercall import Hypercall
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -31,7 +32,6 @@ class TrapEntry:
         self.flags, self.cs, self.address = flags, cs, address
 
 
-@hypercall(HYPERVISOR_set_trap_table, 1)
 def set_trap_table(vcpu: "Vcpu", traps: int) -> int:
     """Install entries until one with address 0; a NULL table clears every vector."""
     table = vcpu.trap_table
@@ -83,3 +83,21 @@ def sysenter_entry(vcpu: "Vcpu") -> None:
             raise GuestCrash("sysenter with no sysenter callback and no #GP handler")
         vcpu.bounce(ti.address, 0, bool(ti.flags & TI_MASK_EVENTS), frame=frame)
     vcpu.deliver_events()
+
+
+def _set_trap_table_in(ctx: DecodeCtx) -> Decoded:
+    va = ctx.args[0]
+    if va == 0:
+        return {"clear": True}
+    traps = []
+    for i in range(257):
+        vector, flags, cs, address = ctx.unpack("<BBH4xQ", va + 16 * i)
+        if address == 0:
+            break
+        if len(traps) < MAX_ITEMS:
+            traps.append({"vector": vector, "flags": flags, "cs": cs, "handler": ctx.symbol(address) or address})
+    return {"traps": traps, "count": i}
+
+
+HYPERCALLS = (Hypercall(HYPERVISOR_set_trap_table, "set_trap_table", set_trap_table, 1,
+                        decode_in=_set_trap_table_in),)

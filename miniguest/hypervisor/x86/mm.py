@@ -8,7 +8,7 @@ page table.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi import errno
 from miniguest.abi.arch_x86 import _PAGE_PRESENT, _PAGE_PSE, PTE_ADDR_MASK
@@ -21,8 +21,10 @@ from miniguest.abi.xen import (DOMID_SELF, HYPERVISOR_mmu_update, HYPERVISOR_mmu
                                MMUEXT_NEW_USER_BASEPTR, MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L4_TABLE,
                                MMUEXT_SET_LDT, MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_LOCAL,
                                MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNPIN_TABLE, UVMF_ALL, UVMF_FLUSHTYPE_MASK,
-                               UVMF_LOCAL, VMASST_CMD_disable, VMASST_CMD_enable, VMASST_VALID_PV64)
-from miniguest.hypervisor.hypercall import HypercallError, hypercall
+                               UVMF_INVLPG, UVMF_LOCAL, UVMF_TLB_FLUSH, VMASST_CMD_disable, VMASST_CMD_enable,
+                               VMASST_VALID_PV64)
+from miniguest.hypervisor.decode import DecodeCtx, Decoded, domid, put_list
+from miniguest.hypervisor.hypercall import Hypercall, HypercallError, SubOp, SubOps
 from miniguest.hypervisor.ram import GuestFault, guest_range_ok
 from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, TYPE_NAMES, PageTypeError
 
@@ -129,7 +131,6 @@ def _one_mmu_update(vcpu: "Vcpu", ptr: int, val: int) -> int:
     return 0
 
 
-@hypercall(HYPERVISOR_mmu_update, 4)
 def mmu_update(vcpu: "Vcpu", ureqs: int, count: int, pdone: int, foreigndom: int) -> int:
     return _batch(vcpu, ureqs, count, pdone, foreigndom, _ENTRY, _one_mmu_update)
 
@@ -164,7 +165,6 @@ def switch_base(vcpu: "Vcpu", mfn: int, user: bool) -> None:
         vcpu.load_cr3(mfn)
 
 
-@hypercall(HYPERVISOR_mmuext_op, 4)
 def mmuext_op(vcpu: "Vcpu", uops: int, count: int, pdone: int, foreigndom: int) -> int:
     return _batch(vcpu, uops, count, pdone, foreigndom, _MMUEXT, _one_mmuext_logged)
 
@@ -270,29 +270,96 @@ def update_va_mapping_common(vcpu: "Vcpu", va: int, val: int, flags: int) -> int
     return 0
 
 
-@hypercall(HYPERVISOR_update_va_mapping, 3)
 def update_va_mapping(vcpu: "Vcpu", va: int, val: int, flags: int) -> int:
     return update_va_mapping_common(vcpu, va, val, flags)
 
 
-@hypercall(HYPERVISOR_update_va_mapping_otherdomain, 4)
 def update_va_mapping_otherdomain(vcpu: "Vcpu", va: int, val: int, flags: int, domid: int) -> int:
     if domid & 0xFFFF not in (DOMID_SELF, vcpu.domain.domid):
         return -errno.ESRCH
     return update_va_mapping_common(vcpu, va, val, flags)
 
 
-@hypercall(HYPERVISOR_vm_assist, 2, subop_arg=0, subop_names={VMASST_CMD_enable: "enable",
-                                                              VMASST_CMD_disable: "disable"})
+def _vm_assist_enable(vcpu: "Vcpu", vtype: int) -> int:
+    vcpu.domain.vm_assist |= 1 << vtype
+    return 0
+
+
+def _vm_assist_disable(vcpu: "Vcpu", vtype: int) -> int:
+    vcpu.domain.vm_assist &= ~(1 << vtype)
+    return 0
+
+
 def vm_assist(vcpu: "Vcpu", cmd: int, vtype: int) -> int:
     cmd &= 0xFFFFFFFF
     vtype &= 0xFFFFFFFF
     if vtype not in VMASST_VALID_PV64:
         return -errno.EINVAL
-    if cmd == VMASST_CMD_enable:
-        vcpu.domain.vm_assist |= 1 << vtype
-        return 0
-    if cmd == VMASST_CMD_disable:
-        vcpu.domain.vm_assist &= ~(1 << vtype)
-        return 0
-    return -errno.ENOSYS
+    row = VM_ASSIST_SUBOPS.get(cmd)
+    if row is None or row.handler is None:
+        return -errno.ENOSYS
+    return row.handler(vcpu, vtype)
+
+
+# -- decoders -----------------------------------------------------------------------------------------------
+_MMU_CMDS = {0: "normal", 1: "machphys", 2: "preserve_ad", 3: "no_translate"}
+
+
+def _mmu_update_in(ctx: DecodeCtx) -> Decoded:
+    ureqs, count, _, foreign = ctx.args[:4]
+    count &= 0x7FFFFFFF
+    reqs, total = ctx.array(ureqs, count, "<QQ")
+    return put_list({"count": count, "foreigndom": domid(foreign & 0xFFFF)}, "reqs",
+                    [{"cmd": _MMU_CMDS.get(p & 7, p & 7), "ptr": p & ~7, "val": v} for p, v in reqs], total)
+
+
+def _pdone_out(ctx: DecodeCtx, ins: Decoded) -> Optional[Decoded]:
+    pdone = ctx.args[2]
+    return {"done": ctx.u32(pdone)} if pdone else None
+
+
+def _mmuext_in(ctx: DecodeCtx) -> Decoded:
+    uops, count, _, foreign = ctx.args[:4]
+    count &= 0x7FFFFFFF
+    ops, total = ctx.array(uops, count, "<I4xQQ")
+    items = []
+    for cmd, arg1, arg2 in ops:
+        name = MMUEXT_NAMES.get(cmd, str(cmd))
+        items.append({"cmd": name[len("MMUEXT_"):].lower() if name.startswith("MMUEXT_") else name,
+                      "arg1": arg1, "arg2": arg2})
+    return put_list({"count": count, "foreigndom": domid(foreign & 0xFFFF)}, "ops", items, total)
+
+
+def _uvmf(flags: int) -> str:
+    kind = {0: "none", UVMF_TLB_FLUSH: "tlb_flush", UVMF_INVLPG: "invlpg"}.get(flags & UVMF_FLUSHTYPE_MASK, "?")
+    rest = flags & ~UVMF_FLUSHTYPE_MASK
+    scope = "local" if rest == 0 else "all" if rest == UVMF_ALL else "multi"
+    return f"{kind}|{scope}"
+
+
+def _uvm_in(ctx: DecodeCtx) -> Decoded:
+    va, val, flags = ctx.args[:3]
+    return {"va": va, "val": val, "flags": _uvmf(flags)}
+
+
+def _uvm_other_in(ctx: DecodeCtx) -> Decoded:
+    va, val, flags, dom = ctx.args[:4]
+    return {"va": va, "val": val, "flags": _uvmf(flags), "domid": domid(dom & 0xFFFF)}
+
+
+def _vm_assist_in(ctx: DecodeCtx) -> Decoded:
+    return {"type": ctx.args[1] & 0xFFFFFFFF}
+
+
+VM_ASSIST_SUBOPS = SubOps((SubOp(VMASST_CMD_enable, "enable", _vm_assist_enable, decode_in=_vm_assist_in),
+                           SubOp(VMASST_CMD_disable, "disable", _vm_assist_disable, decode_in=_vm_assist_in)))
+HYPERCALLS = (
+    Hypercall(HYPERVISOR_mmu_update, "mmu_update", mmu_update, 4, decode_in=_mmu_update_in,
+              decode_out=_pdone_out, out_on_error=True),
+    Hypercall(HYPERVISOR_mmuext_op, "mmuext_op", mmuext_op, 4, decode_in=_mmuext_in, decode_out=_pdone_out,
+              out_on_error=True),
+    Hypercall(HYPERVISOR_update_va_mapping, "update_va_mapping", update_va_mapping, 3, decode_in=_uvm_in),
+    Hypercall(HYPERVISOR_update_va_mapping_otherdomain, "update_va_mapping_otherdomain",
+              update_va_mapping_otherdomain, 4, decode_in=_uvm_other_in),
+    Hypercall(HYPERVISOR_vm_assist, "vm_assist", vm_assist, 2, subop_arg=0, subops=VM_ASSIST_SUBOPS),
+)

@@ -12,33 +12,29 @@ after); with no PIRQs the bitmap stays zero.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from miniguest.abi import errno
-from miniguest.abi.physdev import (PHYSDEVOP_NAMES, PHYSDEVOP_pirq_eoi_gmfn_v1, PHYSDEVOP_pirq_eoi_gmfn_v2,
-                                   PHYSDEVOP_set_iopl)
-from miniguest.abi.xen import HYPERVISOR_physdev_op
-from miniguest.hypervisor.hypercall import UnknownSubop, hypercall
+from miniguest.abi.physdev import (PHYSDEVOP_eoi, PHYSDEVOP_irq_status_query, PHYSDEVOP_pirq_eoi_gmfn_v1,
+                                   PHYSDEVOP_pirq_eoi_gmfn_v2, PHYSDEVOP_set_iobitmap, PHYSDEVOP_set_iopl)
+from miniguest.abi.xen import HYPERVISOR_physdev_op, HYPERVISOR_physdev_op_compat
+from miniguest.hypervisor.hypercall import Handler, Hypercall, SubOp, SubOps
 from miniguest.hypervisor.x86.page_types import PGT_writable, PageTypeError
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
 
 
-@hypercall(HYPERVISOR_physdev_op, 2, subop_arg=0, subop_names=PHYSDEVOP_NAMES)
-def physdev_op(vcpu: "Vcpu", cmd: int, arg: int) -> int:
-    cmd &= 0xFFFFFFFF
-    if cmd == PHYSDEVOP_set_iopl:
-        iopl = struct.unpack("<I", vcpu.mem.read(arg, 4))[0]
-        if iopl > 3:
-            return -errno.EINVAL
-        vcpu.iopl = iopl
-        return 0
-    if cmd in (PHYSDEVOP_pirq_eoi_gmfn_v1, PHYSDEVOP_pirq_eoi_gmfn_v2):
-        return pirq_eoi_gmfn(vcpu, struct.unpack("<Q", vcpu.mem.read(arg, 8))[0], cmd)
-    if cmd in PHYSDEVOP_NAMES:
-        return -errno.ENOSYS
-    raise UnknownSubop(cmd)
+def set_iopl(vcpu: "Vcpu", arg: int) -> int:
+    iopl = struct.unpack("<I", vcpu.mem.read(arg, 4))[0]
+    if iopl > 3:
+        return -errno.EINVAL
+    vcpu.iopl = iopl
+    return 0
+
+
+def _pirq_eoi_gmfn(cmd: int) -> Handler:
+    return lambda vcpu, arg: pirq_eoi_gmfn(vcpu, struct.unpack("<Q", vcpu.mem.read(arg, 8))[0], cmd)
 
 
 def pirq_eoi_gmfn(vcpu: "Vcpu", gmfn: int, cmd: int) -> int:
@@ -57,3 +53,20 @@ def pirq_eoi_gmfn(vcpu: "Vcpu", gmfn: int, cmd: int) -> int:
     dom.pirq_eoi_mfn = gmfn
     dom.pirq_eoi_auto_unmask = cmd == PHYSDEVOP_pirq_eoi_gmfn_v1
     return 0
+
+
+def physdev_op(vcpu: "Vcpu", cmd: int, arg: int) -> Optional[int]:
+    return SUBOPS.run(cmd & 0xFFFFFFFF, vcpu, arg)
+
+
+# The sub-ops without a handler are about physical devices a domU does not have: Xen's, answered -ENOSYS.
+SUBOPS = SubOps((
+    SubOp(PHYSDEVOP_irq_status_query, "irq_status_query"),
+    SubOp(PHYSDEVOP_set_iopl, "set_iopl", set_iopl),
+    SubOp(PHYSDEVOP_set_iobitmap, "set_iobitmap"),
+    SubOp(PHYSDEVOP_eoi, "eoi"),
+    SubOp(PHYSDEVOP_pirq_eoi_gmfn_v1, "pirq_eoi_gmfn_v1", _pirq_eoi_gmfn(PHYSDEVOP_pirq_eoi_gmfn_v1)),
+    SubOp(PHYSDEVOP_pirq_eoi_gmfn_v2, "pirq_eoi_gmfn_v2", _pirq_eoi_gmfn(PHYSDEVOP_pirq_eoi_gmfn_v2)),
+))
+HYPERCALLS = (Hypercall(HYPERVISOR_physdev_op, "physdev_op", physdev_op, 2, subop_arg=0, subops=SUBOPS),
+              Hypercall(HYPERVISOR_physdev_op_compat, "physdev_op_compat", None))
