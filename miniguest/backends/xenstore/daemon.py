@@ -42,6 +42,11 @@ class XenstoreDaemon:
         self.quotas = quotas or Quotas()
         self.store = Store(self.quotas)
         self.store.fire = self._fire
+        self.store.domain_exists = self.domain_exists
+        #: the hypervisor's answer to "does domain N exist" (C xenstored asks Xen for a domain it has not
+        #: been introduced to yet: the toolstack writes a new domain's tree before introducing it). None: no
+        #: hypervisor to ask (a daemon on its own, in tests): every domain id is taken to exist.
+        self.hypervisor_has_domain: Optional[Callable[[int], bool]] = None
         self.connections: list[Connection] = []
         self.domains: dict[int, RingConnection] = {}
         self._dirty: dict[Connection, None] = {}
@@ -56,6 +61,12 @@ class XenstoreDaemon:
         self.message_hooks: list[MessageHook] = []
         self.dom0 = Dom0Store(self)
         self.connections.append(self.dom0)
+
+    def domain_exists(self, domid: int) -> bool:
+        """dom0, an introduced domain, or one the hypervisor knows (C xenstored's domain_alloc_permrefs)."""
+        if domid == 0 or domid in self.domains:
+            return True
+        return self.hypervisor_has_domain is None or self.hypervisor_has_domain(domid)
 
     # -- connections -------------------------------------------------------------------------------------
     def add_connection(self, conn: Connection) -> None:

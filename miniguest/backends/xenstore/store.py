@@ -140,6 +140,9 @@ class Store:
         self.generation = 0
         self.node_counts: dict[int, int] = {}
         self.fire: FireFn = lambda path, exact, node, old_perms: None
+        #: whether a domain exists (the daemon's: dom0 and the introduced domains); a bare Store knows none
+        #: is missing
+        self.domain_exists: Callable[[int], bool] = lambda domid: True
         root_perms = (Perm("n", 0),)
         # C xenstored's initial tree: / -> tool -> xenstored, plus the two special nodes.
         for name, children in (("/", ["tool"]), ("/tool", ["xenstored"]), ("/tool/xenstored", []),
@@ -345,6 +348,11 @@ class Store:
                   tx: Optional[Transaction] = None) -> None:
         if not caller.privileged and len(perms) > self.quotas.node_permissions:
             raise XenstoreError(E.ENOSPC, "too many permissions")
+        # C xenstored (do_set_perms after domain_alloc_permrefs): an owner that is no domain is ENOENT,
+        # before the node is even looked up -- a node must not belong to a domain that a later domain with
+        # that id would inherit it from (nor pass such an owner on to the children created under it).
+        if not self.domain_exists(perms[0].domid):
+            raise XenstoreError(E.ENOENT, f"owner domain {perms[0].domid} does not exist")
         node = self._lookup(caller, name, PERM_WRITE | PERM_OWNER, tx)
         if not caller.privileged and perms[0].domid != node.owner:
             raise XenstoreError(E.EPERM, "only dom0 may change a node's owner")
