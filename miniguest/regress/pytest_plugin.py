@@ -13,7 +13,9 @@ XTF results. Xen Test Framework guests end by printing `Test result: SUCCESS|SKI
 report.c: xtf_report_status, "with warnings" may follow SUCCESS); like xtf-runner, the result is read from
 the console's last line and anything else is a CRASH. A test marked `xtf` boots its guest during setup:
 SUCCESS passes, SKIP skips, FAILURE fails the test, ERROR and CRASH are errors (setup failures), so pytest's
-summary counts them as XTF does. With `--xtf`, XTF binaries named test-pv64-* are collected as tests.
+summary counts them as XTF does. With `--xtf`, XTF binaries named test-pv64-* are collected as tests, one
+per configuration file XTF puts beside them (`test-pv64-NAME~VARIATION.cfg`: memory=, extra=, vcpus=), as
+xtf-runner runs them.
 """
 from __future__ import annotations
 
@@ -249,17 +251,63 @@ def pytest_collect_file(file_path: Any, parent: Any) -> Optional[Any]:
 
 
 class XtfFile(pytest.File):
+    """An XTF test binary, with the xl configuration files XTF builds and installs next to it, read as
+    xtf-runner reads them: a test with variations (VARY-CFG, e.g. pv-iopl's `~hypercall` and `~vmassist`)
+    runs once per `test-pv64-NAME~VARIATION.cfg`, a test with `test-pv64-NAME.cfg` runs with that, and a
+    bare binary runs with XTF's defaults. From a file: memory=, extra=/cmdline= (the test's command line),
+    name=; vcpus= beyond 1 is warned about (one vCPU per domain for now); a kernel= path that does not exist
+    here (the install prefix XTF wrote into it) is the binary beside the file."""
+
     def collect(self) -> Iterable[Any]:
-        yield XtfItem.from_parent(self, name=self.path.name)
+        base = self.path.name
+        variations = sorted(self.path.parent.glob(glob_escape(base) + "~*.cfg"))
+        plain = self.path.parent / (base + ".cfg")
+        cfgs = variations or ([plain] if plain.is_file() else [])
+        if not cfgs:
+            yield XtfItem.from_parent(self, name=base)
+            return
+        for cfg in cfgs:
+            yield XtfItem.from_parent(self, name=cfg.name[:-len(".cfg")], cfg=cfg)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+    return glob.escape(name)
 
 
 class XtfItem(pytest.Item):
-    """One XTF binary: booted in setup (SKIP/ERROR/CRASH decided there), FAILURE fails the call."""
+    """One XTF test instance: booted in setup (SKIP/ERROR/CRASH decided there), FAILURE fails the call."""
+
+    def __init__(self, *, cfg: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cfg = cfg
+
+    def _options(self) -> tuple[str, dict[str, Any]]:
+        """(kernel, boot options) from the test's configuration file, if it has one."""
+        if self.cfg is None:
+            return str(self.path), {}
+        from miniguest.toolstack.xlcfg import ConfigError, parse_xl_config
+        try:
+            cfg = parse_xl_config(str(self.cfg))
+        except ConfigError as e:
+            raise XtfError(f"XTF configuration: {e}") from None
+        kernel = cfg.kernel if os.path.isfile(cfg.kernel) else str(self.path)
+        options: dict[str, Any] = {"memory_mib": cfg.memory, "cmdline": cfg.cmdline}
+        if cfg.name:
+            options["name"] = cfg.name
+        if cfg.maxmem is not None:
+            options["maxmem"] = cfg.maxmem
+        if cfg.vcpus != 1:
+            import warnings
+            warnings.warn_explicit(f"{self.cfg.name}: vcpus={cfg.vcpus}: miniguest runs one vCPU per domain for "
+                                   "now; booting with vcpus=1", pytest.PytestWarning, str(self.cfg), 1)
+        return kernel, options
 
     def setup(self) -> None:
+        kernel, options = self._options()
         # A budget: an XTF test that never reports (a hang, a test like `splitlock` that is a load generator)
         # must not stall the whole session.
-        self.run = boot(str(self.path), max_instructions=self.config.getoption("xtf_budget"))
+        self.run = boot(kernel, max_instructions=self.config.getoption("xtf_budget"), **options)
         res = self.run.xtf_result
         if res in ("SKIP", "ERROR", "CRASH"):
             xtf_outcome(self.run)
@@ -273,4 +321,4 @@ class XtfItem(pytest.Item):
             run.close()
 
     def reportinfo(self) -> tuple[Any, Optional[int], str]:
-        return self.path, None, f"xtf: {self.name}"
+        return self.path, None, f"xtf: {self.name}" + (f" ({self.cfg.name})" if self.cfg is not None else "")

@@ -101,3 +101,24 @@ def test_collected_xtf_tests_have_an_instruction_budget(pytester):
 ])
 def test_xtf_result_reads_the_final_line(text, want):
     assert xtf_result(text) == want
+
+
+@pytest.mark.slow
+def test_xtf_variations_run_once_per_configuration_file(pytester):
+    """As XTF installs pv-iopl: the binary plus test-pv64-pv-iopl~hypercall.cfg and ~vmassist.cfg, each with
+    the command line of its variation; xtf-runner runs each configuration, never the bare binary."""
+    shutil.copy(SELFTEST, pytester.path / "test-pv64-fake")
+    cfg = ('name="test-pv64-fake{v}"\ntype="pv"\nmemory=128\n'
+           'kernel="/usr/libexec/xtf/tests/fake/test-pv64-fake"\n# Test Variation Configuration:\n{extra}\n')
+    (pytester.path / "test-pv64-fake~ok.cfg").write_text(cfg.format(v="~ok", extra='cmdline="xtf SUCCESS"'))
+    (pytester.path / "test-pv64-fake~skip.cfg").write_text(cfg.format(v="~skip", extra='extra="xtf SKIP"'))
+    (pytester.path / "test-pv64-fake~smp.cfg").write_text(cfg.format(v="~smp", extra='cmdline="xtf SUCCESS"\n'
+                                                                                     "vcpus=2"))
+    result = pytester.runpytest("-q", "--xtf", "-rs", "-W", "always")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*test-pv64-fake~smp.cfg: vcpus=2: miniguest runs one vCPU*"])
+    result.stdout.fnmatch_lines(["*SKIP*XTF: SKIP (test-pv64-fake)*"])
+    ids = pytester.runpytest("-q", "--xtf", "--collect-only")
+    ids.stdout.fnmatch_lines(["*test-pv64-fake::test-pv64-fake~ok", "*test-pv64-fake::test-pv64-fake~skip",
+                              "*test-pv64-fake::test-pv64-fake~smp"])
+
