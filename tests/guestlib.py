@@ -15,6 +15,7 @@ GUESTS = os.path.join(ROOT, "tests", "guests")
 SAMPLES = os.path.join(ROOT, "miniguest", "samples")
 SELFTEST = os.path.join(GUESTS, "selftest.elf")
 HELLO = os.path.join(SAMPLES, "hello.elf")
+CLI = [sys.executable, "-m", "miniguest.cli"]          # `miniguest` as a child process
 
 
 class HypercallRecorder:

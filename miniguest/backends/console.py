@@ -74,6 +74,14 @@ class ConsoleBackend:
         self.output(bytes(out))
         return True
 
+    def input_pending(self) -> bool:
+        """Host input the guest has not consumed yet (queued here or unread in the ring)."""
+        if self.pending_input:
+            return True
+        if self.broken:
+            return False
+        return (self._get(CONS_IN_PROD) - self._get(CONS_IN_CONS)) & MASK32 != 0
+
     def feed(self, data: bytes) -> None:
         """Host input for the guest (a terminal, a test)."""
         self.pending_input += data
@@ -132,6 +140,16 @@ class ConsoleLog:
         self._covered: dict[str, bool] = {HV: False, RING: False}  # the other source showed this line
         self._unmatched: dict[str, deque[bytes]] = {HV: deque(maxlen=UNMATCHED_LINES),
                                                      RING: deque(maxlen=UNMATCHED_LINES)}
+        self.received = 0                      # bytes the guest has written, both sources (a progress count)
+
+    def unfinished_line(self) -> bytes:
+        """The line the guest has begun and not ended (a prompt such as `grub> `), shown or not; b"" if the
+        last thing it wrote ended a line."""
+        part = max(self._partial[HV], self._partial[RING], key=len)
+        if part:
+            return bytes(part)
+        nl = self.merged.rfind(b"\n")
+        return bytes(self.merged[nl + 1:])
 
     @staticmethod
     def _key(line: bytes) -> bytes:
@@ -142,6 +160,7 @@ class ConsoleLog:
         return RING if source == HV else HV
 
     def write(self, source: str, data: bytes) -> None:
+        self.received += len(data)
         raw = self.raw[source]
         raw += data
         if len(raw) > KEEP_BYTES:

@@ -128,6 +128,7 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
         _err(f"{args.console_log}: {e.strerror}")
         return EXIT_ERROR
     try:
+        cli.remove_ready_file(args)
         built = _build(args, sinks)
         if isinstance(built, int):
             return built
@@ -146,6 +147,10 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
                  "control of the guest (use 127.0.0.1)")
         gdb_proc = None
         detach_input = lambda: None         # noqa: E731
+        if not cli.write_ready_file(args, dom, gdb=where):
+            stub.close()
+            dom.close()
+            return EXIT_ERROR
         if launch_gdb:
             gdb_proc = _start_gdb(args, kernel, where)
             if gdb_proc is None:
@@ -157,9 +162,7 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
             _watch_gdb(gdb_proc, stub, previous)
         else:
             _err(f"waiting for gdb on {where}: gdb -ex 'target remote {where}' {kernel}")
-            connect = getattr(cli, "_connect_console_input", None)
-            if connect is not None:
-                detach_input = connect(dom, args)
+            detach_input = cli.ConsoleInput(dom, args).detach
         try:
             state = stub.serve()
         except KeyboardInterrupt:

@@ -115,55 +115,48 @@ def _err(msg: str) -> None:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    """`trace record`: `boot` (console, --console-log, --stdin, --ready-file, signals, exit status) with a
+    tracer writing every record as it happens."""
     from miniguest.cli import main as cli
     from miniguest.debug.trace import Tracer, TraceRecord, header_line
-    from miniguest.hypervisor import host as D
-    from miniguest.toolstack.libelf import ImageError
-    from miniguest.toolstack.xlcfg import ConfigError
-
-    try:
-        dom, kernel, _, _ = cli.build_from_args(args, [] if args.quiet else [_to_terminal])
-    except ImageError as e:
-        _err(str(e))
-        return cli.EXIT_BAD_IMAGE
-    except ConfigError as e:
-        _err(str(e))
-        return cli.EXIT_ERROR
     try:
         out = open(args.output, "w", encoding="utf-8")
     except OSError as e:
         _err(f"{args.output}: {e.strerror}")
-        dom.close()
         return cli.EXIT_ERROR
-    meta = image_meta(kernel, dom, args.inject)
     kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
-    if args.normalise:
-        from miniguest.regress.normalise import AddressNames, normalise_record, normalised_meta
-        names = AddressNames.from_domain(dom)
-        meta = normalised_meta(meta)
+    trouble: list[int] = []
 
-    def write(rec: TraceRecord) -> None:
-        out.write((normalise_record(rec, names) if args.normalise else rec).to_json() + "\n")
+    def prepare(dom: Any, kernel: str):
+        meta = image_meta(kernel, dom, args.inject)
+        names = None
+        if args.normalise:
+            from miniguest.regress.normalise import AddressNames, normalise_record, normalised_meta
+            names = AddressNames.from_domain(dom)
+            meta = normalised_meta(meta)
 
-    with out:
+        def write(rec: TraceRecord) -> None:
+            out.write((normalise_record(rec, names) if names is not None else rec).to_json() + "\n")
+
         out.write(header_line(meta) + "\n")
         tracer = Tracer(dom, kinds=kinds, sink=write, keep=bool(args.perfetto), decode=not args.no_decode)
         tracer.attach()
-        try:
-            state = dom.run()
-        except KeyboardInterrupt:
-            state = D.STOPPED
-        tracer.detach()
-    code = cli._report(dom, state)
-    if args.perfetto:
-        from miniguest.regress import perfetto
-        try:
-            perfetto.write(tracer.records, args.perfetto, meta)
-        except OSError as e:
-            _err(f"{args.perfetto}: {e.strerror}")
-            code = code or cli.EXIT_ERROR
-    dom.close()
-    return code
+
+        def finish(dom: Any, state: str) -> None:
+            tracer.detach()
+            out.flush()
+            if args.perfetto:
+                from miniguest.regress import perfetto
+                try:
+                    perfetto.write(tracer.records, args.perfetto, meta)
+                except OSError as e:
+                    _err(f"{args.perfetto}: {e.strerror}")
+                    trouble.append(cli.EXIT_ERROR)
+        return finish
+
+    with out:
+        code = cli.run_guest(args, prepare, restart=False)
+    return code or (trouble[0] if trouble else 0)
 
 
 def _load(path: str):

@@ -88,6 +88,7 @@ class DomainConfig:
     scramble_mfns: bool = False
     scramble_seed: int = 0x5EED
     max_instructions: Optional[int] = None
+    max_time_ns: Optional[int] = None  # virtual time limit: an idle guest jumps ahead without instructions
     wallclock: tuple[int, int] = (1767225600, 0)       # 2026-01-01T00:00:00Z at system time 0
     uuid: Optional[str] = None
     max_evtchn_ports: int = 1023
@@ -165,6 +166,12 @@ class Domain:
         self._logged: set[Any] = set()
         self._pause_requested = threading.Event()
         self._interrupted = False
+        # Which limit ended a BUDGET run: "instructions" (max_instructions) or "time" (max_time_ns).
+        self.budget_exhausted: Optional[str] = None
+        # Checks the toolstack adds (e.g. "waiting for console input that cannot come"): called once per turn
+        # of the run loop; a reason string ends the run as HUNG with that reason (hang_reason).
+        self.hang_checks: list[Callable[[], Optional[str]]] = []
+        self.hang_reason: Optional[str] = None
 
     # -- construction -------------------------------------------------------------------------------------
     def create_vcpus(self, count: int = 1) -> None:
@@ -347,6 +354,7 @@ class Domain:
         vcpu = self.vcpus[0]
         clock = self.clock
         budget = self.config.max_instructions
+        max_time = self.config.max_time_ns
         main = threading.current_thread() is threading.main_thread()
         handler_installed = False
         if main:
@@ -362,6 +370,11 @@ class Domain:
                 if self._pause_requested.is_set():
                     self._pause_requested.clear()
                     self.state = PAUSED
+                    break
+                if max_time is not None and clock.now_ns() >= max_time:
+                    self._exhausted("time", f"virtual time limit of {max_time / 1e9:g} s reached")
+                    break
+                if self.hang_checks and self._hang_checked():
                     break
                 self.timers.run_due(clock.now_ns())
                 if vcpu.blocked:
@@ -381,6 +394,8 @@ class Domain:
                 if budget is not None:
                     budget_ns = clock.idle_ns + budget
                     deadline = budget_ns if deadline is None else min(deadline, budget_ns)
+                if max_time is not None:
+                    deadline = max_time if deadline is None else min(deadline, max_time)
                 limit = clock.now_ns() + (HOST_POLL_SLICE if self.host.loop.has_readers else MAX_SLICE)
                 deadline = limit if deadline is None else min(deadline, limit)
                 clock.set_deadline(deadline)
@@ -392,8 +407,7 @@ class Domain:
                     self.state = STOPPED
                     break
                 if budget is not None and clock.icount >= budget and self.state == RUNNING:
-                    self.state = BUDGET
-                    self.log(f"instruction budget of {budget} exhausted")
+                    self._exhausted("instructions", f"instruction budget of {budget} exhausted")
                     break
                 self.host.loop.poll(0)
         except KeyboardInterrupt:
@@ -409,6 +423,21 @@ class Domain:
                 cb(self)
         return self.state
 
+    def _exhausted(self, which: str, message: str) -> None:
+        self.state = BUDGET
+        self.budget_exhausted = which
+        self.log(message)
+
+    def _hang_checked(self) -> bool:
+        for check in self.hang_checks:
+            why = check()
+            if why:
+                self.state = HUNG
+                self.hang_reason = why
+                self.log(why)
+                return True
+        return False
+
     def _idle(self, vcpu: "Vcpu") -> bool:
         """The vCPU is blocked: advance virtual time to the next deadline, or wait for the host."""
         if vcpu.poll_deadline is not None and self.clock.now_ns() >= vcpu.poll_deadline:
@@ -417,6 +446,8 @@ class Domain:
         deadline = self.timers.next_deadline()
         if vcpu.poll_deadline is not None:
             deadline = vcpu.poll_deadline if deadline is None else min(deadline, vcpu.poll_deadline)
+        if deadline is not None and self.config.max_time_ns is not None:
+            deadline = min(deadline, self.config.max_time_ns)     # never jump past the time limit
         if self.host.loop.poll(0):
             return True
         for cb in self.on_idle:

@@ -42,9 +42,10 @@ class Guest(Domain):
 
     @classmethod
     def from_elf(cls, path: str, **options: Any) -> "Guest":
-        """Build a domain from a PV kernel with the default dom0 daemons attached (console, xenstore).
-        Options: see create_domain (memory_mib, cmdline, module (bytes or path), name, scramble_mfns,
-        max_instructions, console_output: a callable receiving console bytes, ...)."""
+        """Build a domain from a PV kernel (a path, or the name of a bundled sample: "hello") with the
+        default dom0 daemons attached (console, xenstore). Options: see create_domain (memory_mib, cmdline,
+        module (bytes or path), name, scramble_mfns, max_instructions, max_time (virtual seconds),
+        console_output: a callable receiving console bytes, ...)."""
         return create_domain(path, **options)
 
     def destroy_devices(self) -> None:
@@ -81,6 +82,7 @@ def _xenstored(host: Host) -> XenstoreDaemon:
     daemon = host.services.get("xenstored")
     if not isinstance(daemon, XenstoreDaemon):
         daemon = XenstoreDaemon()
+        daemon.hypervisor_has_domain = lambda domid: domid in host.domains
         host.services["xenstored"] = daemon
     return daemon
 
@@ -91,9 +93,15 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
                   poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
-                  maxmem: Optional[int] = None, uuid: Optional[str] = None, **extra: Any) -> Guest:
+                  maxmem: Optional[int] = None, uuid: Optional[str] = None, max_time: Optional[float] = None,
+                  **extra: Any) -> Guest:
     # image_data: the kernel file's bytes (snapshot restore), else read. A bzImage may decompress to at most
     # the guest's memory.
+    if image_data is None and not os.path.exists(kernel):
+        from miniguest import samples
+        kernel = samples.path(kernel) or kernel          # a bundled sample by name ("hello")
+    if max_time is not None and not max_time >= 0:
+        raise ImageError(f"the time limit must be a number of seconds >= 0 (got {max_time})")
     image = parse_kernel(kernel, image_data, max_size=max(memory_mib, 1) << 20)
     if isinstance(module, str):
         module = read_image_file(module, "module")
@@ -105,6 +113,7 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                           cmdline=cmdline, module=module, scramble_mfns=scramble_mfns,
                           max_instructions=max_instructions, poison_memory=poison_memory, realtime=realtime,
                           max_memory_mib=maxmem, uuid=uuid,
+                          max_time_ns=None if max_time is None else round(max_time * 1e9),
                           extra=dict(extra))
     if wallclock is not None:
         config.wallclock = wallclock

@@ -1,8 +1,8 @@
 """Reading xl.cfg-style domain configuration files (the subset miniguest uses).
 
 Lines are `key = value` with Python-like literals: "strings" or 'strings', integers, [lists]. Comments start
-with '#'. Known keys: kernel, memory, maxmem, name, cmdline, extra, root, ramdisk, on_poweroff, on_reboot,
-on_crash, on_watchdog. A relative kernel or ramdisk path is relative to the file's directory.
+with '#'. Known keys: kernel, memory, maxmem, vcpus, name, cmdline, extra, root, ramdisk, on_poweroff,
+on_reboot, on_crash, on_watchdog. A relative kernel or ramdisk path is relative to the file's directory.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class XlConfig:
     name: Optional[str] = None
     cmdline: str = ""
     ramdisk: Optional[str] = None
+    vcpus: int = 1                  # what the file asks for; miniguest runs one vCPU for now (callers warn)
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -99,6 +100,13 @@ def parse_xl_config(path: str) -> XlConfig:
         cfg.memory = _mib(path, "memory", values.pop("memory"))
     if "maxmem" in values:
         cfg.maxmem = _mib(path, "maxmem", values.pop("maxmem"))
+    if "vcpus" in values:
+        vcpus = values.pop("vcpus")
+        if isinstance(vcpus, str) and vcpus.strip().isdigit() and len(vcpus) < 6:
+            vcpus = int(vcpus)
+        if not isinstance(vcpus, int) or isinstance(vcpus, bool) or not 1 <= vcpus <= 4096:
+            raise ConfigError(f"{path}: vcpus must be a number of vCPUs (1 or more)")
+        cfg.vcpus = vcpus
     if "name" in values:
         cfg.name = _text(path, "name", values.pop("name"))
     parts = [_text(path, k, values.pop(k)) for k in ("root", "extra", "cmdline") if k in values]
