@@ -113,11 +113,17 @@ def test_ctrl_c_stops_a_spinning_guest():
     import subprocess
     import sys
     from guestlib import ROOT, read_until
-    p = subprocess.Popen([sys.executable, "-m", "miniguest.cli", "boot", SELFTEST, "--cmdline", "spin"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    read_until(p.stdout, "scenario 'spin'")              # the guest runs: Ctrl-C now finds it spinning
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=20)
+    # (--max-insns: a safety net, so that a failing test never leaves a guest spinning for ever)
+    p = subprocess.Popen([sys.executable, "-m", "miniguest.cli", "boot", SELFTEST, "--cmdline", "spin",
+                          "--max-insns", "20000000000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        read_until(p.stdout, "scenario 'spin'")          # the guest runs: Ctrl-C now finds it spinning
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
     assert p.returncode == 130, err.decode()
     assert b"stopped from the host" in err and b"Traceback" not in err
 

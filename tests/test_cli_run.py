@@ -61,7 +61,8 @@ def test_max_time_from_python():
 def test_sigterm_shows_the_unfinished_last_line_and_exits_143():
     """A guest that prints a prompt without a newline and busy-polls its ring (as GRUB does) never idles, so
     the prompt waits in the console merger; SIGTERM must still show it."""
-    p = subprocess.Popen(CLI + ["boot", SELFTEST, "-c", "echo spin", "--log-hypercalls"], cwd=ROOT,
+    p = subprocess.Popen(CLI + ["boot", SELFTEST, "-c", "echo spin", "--log-hypercalls",
+                                "--max-insns", "20000000000"], cwd=ROOT,             # (a safety net)
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         read_until(p.stderr, "sched_op(yield")           # the prompt is written: the guest polls
