@@ -184,7 +184,7 @@ def test_malformed_bzimage_is_one_line_and_exit_9(tmp_path, case):
     image.write_bytes(make())
     with pytest.raises(ImageError, match=message):
         parse_kernel(str(image), max_size=32 << 20)
-    r = cli("boot", str(image))
+    r = cli("boot", str(image), "-m", "32")
     err = r.stderr.decode()
     assert r.returncode == 9, err
     assert err.count("\n") == 1 and err.startswith("miniguest: ") and err.rstrip("\n").endswith(

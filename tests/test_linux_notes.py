@@ -118,3 +118,26 @@ def test_unknown_optional_feature_is_ignored(tmp_path):
     finally:
         dom.close()
 
+
+
+def test_default_memory_grows_with_a_large_image(tmp_path):
+    """Without -m a domain gets xl's 32 MiB, or twice a kernel image that does not fit there (Debian's Linux
+    needs 62 MiB from its VIRT_BASE: it gets 128)."""
+    from guestlib import HELLO
+    data = bytearray(open(HELLO, "rb").read())
+    phoff = struct.unpack_from("<Q", data, 32)[0]
+    struct.pack_into("<Q", data, phoff + 56 * 1 + 40, 40 << 20)           # data segment p_memsz: 40 MiB of BSS
+    path = tmp_path / "big.elf"
+    path.write_bytes(bytes(data))
+    dom = boot(str(path))
+    try:
+        assert dom.shutdown_reason == "poweroff" and dom.nr_pages == 96 * 256      # 2 x 41 MiB -> 96
+    finally:
+        dom.close()
+    dom = boot(LINUXABI, module=INITRD)
+    try:
+        assert dom.nr_pages == 32 * 256
+    finally:
+        dom.close()
+    r = cli("boot", str(path), "-m", "32")
+    assert r.returncode == 9 and "more than the 32768 KiB of memory given" in r.stderr.decode()

@@ -45,12 +45,26 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def add_domain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbols", metavar="ELF",
+                        help="the kernel's symbols from another file: for a bzImage (whose vmlinux is "
+                             "stripped), the vmlinux of Debian's -dbg package; used for crash reports, traces "
+                             "and by `miniguest gdb`")
     parser.add_argument("--trace", type=_kinds, metavar="KINDS",
                         help="print a readable trace on stderr: comma-separated hypercalls, exceptions, "
                              "events, upcalls, timers, privops, console, idle, shutdown, crash, log, or all")
 
 
 def configure_domain(domain: Any, args: argparse.Namespace) -> None:
+    symbols = getattr(args, "symbols", None)
+    if symbols:
+        from miniguest.toolstack.libelf import ImageError
+        from miniguest.toolstack.symbols import Symbols
+        try:
+            domain.symbols = Symbols.from_file(symbols)
+        except OSError as e:
+            raise ImageError(f"{symbols}: {e.strerror}") from None
+        except ValueError as e:
+            raise ImageError(str(e)) from None
     kinds = getattr(args, "trace", None)
     if kinds:
         from miniguest.debug.tracefmt import attach_printer
@@ -191,7 +205,18 @@ def _start_gdb(args: argparse.Namespace, kernel: str, where: str) -> Optional[su
     checkout = os.path.dirname(root)
     if os.path.isdir(os.path.join(checkout, "firmware")):
         cmd += ["-ex", f"directory {checkout}"]      # debug info names sources firmware/... from there
-    cmd += ["-ex", f"target remote {where}", *args.gdb_arg, kernel]
+    symbols = getattr(args, "symbols", None) or kernel
+    try:
+        with open(symbols, "rb") as f:
+            is_elf = f.read(4) == b"\x7fELF"
+    except OSError:
+        is_elf = False
+    if not is_elf:
+        _err(f"{symbols} is not an ELF file gdb can read symbols from (a bzImage? give --symbols vmlinux from "
+             "the kernel's -dbg package)")
+        cmd += ["-ex", f"target remote {where}", *args.gdb_arg]
+    else:
+        cmd += ["-ex", f"target remote {where}", *args.gdb_arg, symbols]
     try:
         return subprocess.Popen(cmd)
     except OSError as e:

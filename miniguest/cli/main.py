@@ -81,7 +81,7 @@ def seconds(text: str) -> float:
 
 def add_domain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", help="kernel ELF, xl.cfg-style file, or sample name (default: hello)")
-    p.add_argument("-m", "--memory", type=int, metavar="MiB", help="guest memory (default 32)")
+    p.add_argument("-m", "--memory", type=int, metavar="MiB", help="guest memory (default 32, or twice the kernel image when that is larger: 128 for Debian's Linux)")
     p.add_argument("-c", "--cmdline", help="guest command line")
     p.add_argument("--ramdisk", "--module", dest="module", metavar="FILE",
                    help="an initial ramdisk or module (start_info mod_start/mod_len; xl's ramdisk=)")

@@ -258,7 +258,7 @@ INIT = """#!/bin/sh
 /bin/busybox --install -s
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root TERM=${{TERM:-linux}}
 {modules}[ -x /etc/init.user ] && /etc/init.user
-echo "miniguest initramfs: shell on $(cat /sys/class/tty/console/active 2>/dev/null || echo console)"
+echo "miniguest initramfs: starting a shell on the console"
 exec setsid cttyhack /bin/sh
 """
 

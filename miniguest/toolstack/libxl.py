@@ -87,7 +87,21 @@ def _xenstored(host: Host) -> XenstoreDaemon:
     return daemon
 
 
-def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
+DEFAULT_MEMORY_MIB = 32              # xl's default
+MAX_MEMORY_MIB = 4096
+
+
+def default_memory_mib(image: KernelImage) -> int:
+    """The memory a domain gets when none is asked for: xl's 32 MiB, or -- for a kernel whose image alone
+    does not fit there, like Debian's Linux (62 MiB from its VIRT_BASE) -- twice the image, in 32 MiB steps,
+    so that the kernel has room to run."""
+    image_mib = -(-(image.virt_kend - image.virt_base) // (1 << 20))
+    if image_mib + 4 <= DEFAULT_MEMORY_MIB:
+        return DEFAULT_MEMORY_MIB
+    return min(MAX_MEMORY_MIB, -(-2 * image_mib // 32) * 32)
+
+
+def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str = "",
                   module: Union[bytes, str, None] = None, name: Optional[str] = None,
                   scramble_mfns: bool = False, max_instructions: Optional[int] = None,
                   console_output: Optional[Callable[[bytes], None]] = None, host: Optional[Host] = None,
@@ -96,13 +110,16 @@ def create_domain(kernel: str, *, memory_mib: int = 32, cmdline: str = "",
                   maxmem: Optional[int] = None, uuid: Optional[str] = None, max_time: Optional[float] = None,
                   **extra: Any) -> Guest:
     # image_data: the kernel file's bytes (snapshot restore), else read. A bzImage may decompress to at most
-    # the guest's memory.
+    # the guest's memory (without a memory size: the most a domain may have).
     if image_data is None and not os.path.exists(kernel):
         from miniguest import samples
         kernel = samples.path(kernel) or kernel          # a bundled sample by name ("hello")
     if max_time is not None and not max_time >= 0:
         raise ImageError(f"the time limit must be a number of seconds >= 0 (got {max_time})")
-    image = parse_kernel(kernel, image_data, max_size=max(memory_mib, 1) << 20)
+    limit = MAX_MEMORY_MIB if memory_mib is None else max(memory_mib, 1)
+    image = parse_kernel(kernel, image_data, max_size=limit << 20)
+    if memory_mib is None:
+        memory_mib = default_memory_mib(image)
     if isinstance(module, str):
         module = read_image_file(module, "module")
     if memory_mib <= 0 or memory_mib > 4096:

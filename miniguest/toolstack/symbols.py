@@ -20,9 +20,26 @@ class Symbols:
 
     @classmethod
     def from_elf(cls, data: bytes, offset: int = 0) -> "Symbols":
+        return cls._from_stream(io.BytesIO(data), offset)
+
+    @classmethod
+    def from_file(cls, path: str, offset: int = 0) -> "Symbols":
+        """Symbols of an ELF file read in place (a -dbg vmlinux is hundreds of MB): OSError if it cannot be
+        read, ValueError if it is not an ELF file with a symbol table."""
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                raise ValueError(f"{path}: not an ELF file")
+            f.seek(0)
+            symbols = cls._from_stream(f, offset)
+        if not symbols._entries:
+            raise ValueError(f"{path}: no symbol table")
+        return symbols
+
+    @classmethod
+    def _from_stream(cls, stream, offset: int) -> "Symbols":
         entries: list[tuple[int, int, str]] = []
         try:
-            elf = ELFFile(io.BytesIO(data))
+            elf = ELFFile(stream)
             for sec in elf.iter_sections():
                 if not isinstance(sec, SymbolTableSection):
                     continue
