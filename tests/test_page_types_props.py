@@ -273,6 +273,34 @@ class PageTypeMachine(RuleBasedStateMachine):
         if handle >= len(maptrack) or maptrack[handle] is None:
             self.handles = [h for h in self.handles if h[0] != handle]
 
+    @rule(src=PICK, dst=PICK, src_gref=st.booleans(), dst_gref=st.booleans(), ref=st.integers(0, 3),
+          soff=st.sampled_from([0, 8, 4000]), doff=st.sampled_from([0, 16, 4090]), length=st.sampled_from([0, 8, 96]))
+    def grant_copy(self, src, dst, src_gref, dst_gref, ref, soff, doff, length):
+        """GNTTABOP_copy between the same frames, by frame or through the grants set up by grant_map: the
+        destination's writable type reference lives only for the copy."""
+        g = self.g
+        s, d = self.pick(src), self.pick(dst)
+        if d in (g.mfn_of(g.arg_va), g.mfn_of(self.gnt_va)) or d in self.boot_tables:
+            return
+        flags = (1 if src_gref else 0) | (2 if dst_gref else 0)
+        op = struct.pack("<QHH4xQHH4xHHh2x", ref if src_gref else s, DOMID_SELF, soff,
+                         ref if dst_gref else d, DOMID_SELF, doff, length, flags, 0x777)
+        arg = g.put_args(op)
+        before = self.state()
+        assert g.call(HYPERVISOR_grant_table_op, 5, arg, 1) == 0
+        status = struct.unpack("<h", g.vcpu.mem.read(arg + 36, 2))[0]
+        event(f"grant copy -> {status}")
+        assert status in (0, -1, -3, -9, -10), status
+        assert self.state() == before
+        frames = self.dom.frames
+        if length and not src_gref and not dst_gref:
+            ok_src = frames.owned_by(s, self.dom.domid)
+            ok_dst = frames.owned_by(d, self.dom.domid)
+            writable = ok_dst and (frames.count[d] == 0 or frames.type[d] == PGT_writable)
+            want = (-9 if not ok_src or not ok_dst else -1 if not writable
+                    else -10 if soff + length > 4096 or doff + length > 4096 else 0)
+            assert status == want, (status, want)
+
     # -- memory_op --------------------------------------------------------------------------------------------
     @rule(i=PICK)
     def decrease_reservation(self, i):

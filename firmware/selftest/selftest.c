@@ -118,6 +118,8 @@ void guest_main(struct start_info *start)
         run_mmu();
     } else if (is("hostile")) {
         run_hostile();
+    } else if (is("gntcopy")) {
+        run_gntcopy();
     } else if (is("balloon")) {
         run_balloon();
     } else if (is("minigaps")) {

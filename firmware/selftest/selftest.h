@@ -13,6 +13,7 @@ void run_layout(void);
 void run_badptr(void);
 void run_mmu(void);
 void run_hostile(void);
+void run_gntcopy(void);
 void run_balloon(void);
 void run_usermode(void);
 void run_evtchn(void);

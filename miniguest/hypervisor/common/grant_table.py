@@ -35,6 +35,11 @@ GNTTABOP_query_size = 6
 GNTTABOP_set_version = 8
 GNTTABOP_get_version = 10
 GNTTABOP_unmap_and_replace = 7
+GNTTABOP_cache_flush = 12
+GNTTABOP_ARG_SHIFT = 12
+GNTTABOP_CMD_MASK = (1 << GNTTABOP_ARG_SHIFT) - 1
+GNTCOPY_source_gref = 1 << 0
+GNTCOPY_dest_gref = 1 << 1
 GNTST_okay = 0
 GNTST_general_error = -1
 GNTST_bad_domain = -2
@@ -45,6 +50,7 @@ GNTST_bad_dev_addr = -6
 GNTST_no_device_space = -7
 GNTST_permission_denied = -8
 GNTST_bad_page = -9
+GNTST_bad_copy_arg = -10
 GNTMAP_device_map = 1 << 0
 GNTMAP_host_map = 1 << 1
 GNTMAP_readonly = 1 << 2
@@ -65,6 +71,9 @@ _QUERY = struct.Struct("<H2xIIh2x")        # dom, nr_frames, max_nr_frames, stat
 _MAP = struct.Struct("<QIIHhIQ")           # host_addr, flags, ref, dom, status, handle, dev_bus_addr
 _UNMAP = struct.Struct("<QQIh2x")          # host_addr, dev_bus_addr (unmap_and_replace: new_addr), handle, status
 _ENTRY = struct.Struct("<HHI")             # grant_entry_v1: flags, domid, frame
+# gnttab_copy: source and dest {u.ref/u.gmfn, domid, offset}, len, flags, status
+_COPY = struct.Struct("<QHH4xQHH4xHHh2x")
+_COPY_STATUS = 36
 
 
 class GrantMap:
@@ -179,7 +188,19 @@ def _unmap(replace: bool) -> Callable[["Vcpu", int, int], int]:
 
 
 def grant_table_op(vcpu: "Vcpu", cmd: int, uop: int, count: int) -> Optional[int]:
-    return SUBOPS.run(cmd & 0xFFFFFFFF, vcpu, uop, count & 0xFFFFFFFF)
+    cmd &= 0xFFFFFFFF
+    count &= 0xFFFFFFFF
+    # do_grant_table_op: a count that is negative as an int, or a command carrying GNTTABOP_ARG_MASK bits
+    # (only cache_flush takes them), is -EINVAL before anything else.
+    if count >= 1 << 31 or (cmd >> GNTTABOP_ARG_SHIFT and cmd & GNTTABOP_CMD_MASK != GNTTABOP_cache_flush):
+        return -errno.EINVAL
+    return SUBOPS.run(cmd, vcpu, uop, count)
+
+
+def _copy(vcpu: "Vcpu", uop: int, count: int) -> int:
+    if not guest_range_ok(uop, _COPY.size * count):
+        return -errno.EFAULT
+    return gnttab_copy(vcpu, uop, count)
 
 
 def _setup_in(ctx: DecodeCtx) -> Decoded:
@@ -201,6 +222,24 @@ def _query_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
     return {"nr_frames": nr, "max_nr_frames": max_nr, "status": status}
 
 
+def _copy_side(u: int, dom: int, offset: int, gref: bool) -> Decoded:
+    return {"ref" if gref else "gmfn": u & 0xFFFFFFFF if gref else u, "dom": domid(dom), "offset": offset}
+
+
+def _copy_in(ctx: DecodeCtx) -> Decoded:
+    count = ctx.args[2] & 0x7FFFFFFF
+    ops, total = ctx.array(ctx.args[1], count, _COPY.format)
+    items = [{"source": _copy_side(su, sd, so, bool(fl & GNTCOPY_source_gref)),
+              "dest": _copy_side(du, dd, do, bool(fl & GNTCOPY_dest_gref)), "len": ln}
+             for su, sd, so, du, dd, do, ln, fl, _ in ops]
+    return put_list({"count": count}, "ops", items, total)
+
+
+def _copy_out(ctx: DecodeCtx, ins: Decoded) -> Decoded:
+    ops, total = ctx.array(ctx.args[1], ctx.args[2] & 0x7FFFFFFF, _COPY.format)
+    return put_list({}, "status", [op[8] for op in ops], total)
+
+
 # The sub-ops without a handler are Xen's, answered -ENOSYS (no transfer, no v2 status frames here).
 SUBOPS = SubOps((
     SubOp(GNTTABOP_map_grant_ref, "map_grant_ref", _map_grant_ref),
@@ -208,7 +247,7 @@ SUBOPS = SubOps((
     SubOp(GNTTABOP_setup_table, "setup_table", _setup_table, decode_in=_setup_in, decode_out=_setup_out),
     SubOp(GNTTABOP_dump_table, "dump_table"),
     SubOp(GNTTABOP_transfer, "transfer"),
-    SubOp(GNTTABOP_copy, "copy"),
+    SubOp(GNTTABOP_copy, "copy", _copy, decode_in=_copy_in, decode_out=_copy_out),
     SubOp(GNTTABOP_query_size, "query_size", _query_size, decode_out=_query_out),
     SubOp(GNTTABOP_unmap_and_replace, "unmap_and_replace", _unmap(True)),
     SubOp(GNTTABOP_set_version, "set_version", _set_version),
@@ -401,3 +440,109 @@ def unmap_for_dom0(dom, ref: int, readonly: bool) -> None:
     if not pin[0] and not pin[1]:
         del dom.grants.dom0_pins[ref]
     _set_entry_flags(dom, ref)
+
+
+# -- copying through grants (gnttab_copy) ------------------------------------------------------------------
+class _CopyError(Exception):
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def gnttab_copy(vcpu: "Vcpu", uop: int, count: int) -> int:
+    """GNTTABOP_copy: each op copies `len` bytes between two frames, each named by a grant reference or (for
+    DOMID_SELF only) a machine frame number, and gets its own status; a failing op does not stop the batch.
+    The hypercall returns 0, or -EFAULT when an op cannot be read or its status written."""
+    dom = vcpu.domain
+    for i in range(count):
+        arg = uop + i * _COPY.size
+        try:
+            op = _COPY.unpack(vcpu.mem.read(arg, _COPY.size))
+        except GuestFault:
+            return -errno.EFAULT
+        try:
+            _copy_one(vcpu, *op[:8])
+            status = GNTST_okay
+        except _CopyError as e:
+            dom.log_once(("gntcopy", e.status, str(e)), f"grant copy refused: {e}")
+            status = e.status
+        try:
+            vcpu.mem.write(arg + _COPY_STATUS, struct.pack("<h", status))
+        except GuestFault:
+            return -errno.EFAULT
+    return 0
+
+
+def _copy_one(vcpu: "Vcpu", src_ptr: int, src_dom: int, src_off: int, dst_ptr: int, dst_dom: int, dst_off: int,
+              length: int, flags: int) -> None:
+    """Xen's gnttab_copy_one: lock both domains, claim the source (read-only) then the destination
+    (writable: a writable type reference for the copy), check the ranges, copy."""
+    if not length:
+        return                                   # nothing to do: not even the arguments are checked
+    dom = vcpu.domain
+    src_gref, dst_gref = bool(flags & GNTCOPY_source_gref), bool(flags & GNTCOPY_dest_gref)
+    _copy_domain(vcpu, src_dom, src_gref)
+    _copy_domain(vcpu, dst_dom, dst_gref)
+    src = _copy_claim(vcpu, src_dom, src_ptr, src_gref, readonly=True)
+    dst = _copy_claim(vcpu, dst_dom, dst_ptr, dst_gref, readonly=False)
+    try:
+        if src_off + length > 4096 or dst_off + length > 4096:
+            raise _CopyError(GNTST_bad_copy_arg, "copy beyond page area")
+        mv = dom.mem.mv
+        mv[(dst << 12) + dst_off:(dst << 12) + dst_off + length] = \
+            bytes(mv[(src << 12) + src_off:(src << 12) + src_off + length])
+    finally:
+        dom.frames.put_type(dst)
+
+
+def _copy_domain(vcpu: "Vcpu", domid: int, is_gref: bool) -> None:
+    """gnttab_copy_lock_domain: only DOMID_SELF may be named by frame; a domain must exist (ourselves, or
+    dom0, whose table grants us nothing)."""
+    if domid != DOMID_SELF and not is_gref:
+        raise _CopyError(GNTST_permission_denied, f"d{domid}: only DOMID_SELF may be named by frame")
+    if domid not in (DOMID_SELF, vcpu.domain.domid, 0):
+        raise _CopyError(GNTST_bad_domain, f"no domain {domid}")
+
+
+def _copy_claim(vcpu: "Vcpu", domid: int, ptr: int, is_gref: bool, readonly: bool) -> int:
+    """gnttab_copy_claim_buf: the frame behind one side of a copy. By grant: acquire_grant_for_copy's checks
+    (the reference within the table, not pinned by another domain, GTF_permit_access to us, not
+    GTF_readonly for a destination, the frame the granting domain's). By frame: it must be ours
+    (get_paged_frame). A destination then takes a writable type reference (dropped after the copy): a page
+    table, a descriptor page is never written this way."""
+    dom = vcpu.domain
+    if is_gref:
+        if domid == 0:
+            raise _CopyError(GNTST_general_error, f"dom0 grants d{dom.domid} nothing (ref {ptr & 0xFFFFFFFF})")
+        mfn = _acquire_for_copy(dom, ptr & 0xFFFFFFFF, readonly)
+    else:
+        mfn = ptr
+        if not dom.frames.owned_by(mfn, dom.domid):
+            raise _CopyError(GNTST_bad_page, f"frame {mfn:#x} is not the domain's")
+    if not readonly:
+        try:
+            dom.frames.get_type(mfn, PGT_writable, dom.domid)
+        except PageTypeError as e:
+            raise _CopyError(GNTST_general_error, f"could not get writable frame {mfn:#x}: {e}") from None
+    return mfn
+
+
+def _acquire_for_copy(dom, ref: int, readonly: bool) -> int:
+    if ref >= max(1, dom.grants.nr_frames) * ENTRIES_PER_FRAME:
+        raise _CopyError(GNTST_bad_gntref, f"bad grant reference {ref:#x}")
+    if ref in dom.grants.dom0_pins:
+        raise _CopyError(GNTST_general_error, f"grant {ref} is pinned by dom0")      # act->domid != ldom
+    maps = [m for m in dom.grants.maptrack if m is not None and m.ref == ref]
+    writable_pin = any(not m.flags & GNTMAP_readonly for m in maps)
+    eflags, edomid, frame = _ENTRY.unpack_from(dom.mem.mv, _entry_ma(dom, ref))
+    if not maps or (not readonly and not writable_pin):
+        if (eflags & GTF_type_mask) != GTF_permit_access or edomid != dom.domid:
+            raise _CopyError(GNTST_general_error, f"grant {ref}: bad flags {eflags:#x} or domain {edomid}")
+        if not readonly and eflags & GTF_readonly:
+            raise _CopyError(GNTST_general_error, f"grant {ref} is read-only")
+    mfn = maps[0].mfn if maps else frame
+    if not dom.frames.owned_by(mfn, dom.domid):
+        raise _CopyError(GNTST_bad_page, f"grant {ref} names frame {mfn:#x}, not the domain's")
+    if maps and not readonly and not writable_pin and frame != mfn:
+        raise _CopyError(GNTST_general_error, f"grant {ref} changed frame while pinned")
+    return mfn
