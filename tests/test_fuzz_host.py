@@ -68,7 +68,7 @@ def test_event_upcall_onto_an_unusable_kernel_stack_crashes_the_domain():
     assert vcpu.event_callback and vcpu.kernel_mode
     vcpu.uc.reg_write(X.UC_X86_REG_RSP, 0x7FF000000000)
     vcpu.mark_events_pending()
-    view, off = vcpu._vi()
+    view, off = vcpu.vcpu_info()
     view[off + 1] = 0                      # upcall_mask clear: the event is delivered at once
     assert dom.run() == "crashed"
     assert "cannot write the exception frame" in dom.crash_report

@@ -39,7 +39,8 @@ from miniguest.hypervisor import host as D
 from miniguest.hypervisor.debugger import (BP_HARDWARE, BP_SOFTWARE, STOP_CATCH, STOP_INTERRUPT, STOP_WATCHPOINT,
                                            WATCH_ACCESS, WATCH_READ, WATCH_WRITE, DebugError, DebugSupport,
                                            StopEvent)
-from miniguest.toolstack.exit_status import SHUTDOWN_EXIT        # W packets carry `miniguest boot`'s exit status
+from miniguest.toolstack.exit_status import SHUTDOWN_EXIT
+from miniguest.toolstack.libxl import Guest        # W packets carry `miniguest boot`'s exit status
 
 log = logging.getLogger("miniguest.gdbstub")
 
@@ -71,11 +72,12 @@ class GdbStub:
     """One debug session server for one domain. `serve()` runs the domain under gdb's control until it ends
     (or gdb kills it) and returns the domain's final state."""
 
-    def __init__(self, domain: "D.Domain", host: str = "127.0.0.1", port: int = 1234, *,
+    def __init__(self, domain: Guest, host: str = "127.0.0.1", port: int = 1234, *,
                  reattach: bool = True, notify: Optional[Callable[[str], None]] = None) -> None:
         self.domain = domain
         self.loop = domain.host.loop
         self.debug = DebugSupport(domain)
+        self._registers = tdesc.RegisterReader()
         self.reattach = reattach
         self.notify = notify or (lambda message: None)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -328,80 +330,108 @@ class GdbStub:
             self._send(reply)
 
     def _dispatch(self, p: str, raw: bytes) -> Optional[str]:
+        """Answer one packet: the reply, "" for an unsupported packet, None when the reply comes later (a
+        resume) or not at all (detach, kill)."""
         if not p:
             return ""
-        c = p[0]
-        if c == "?":
-            return self._stop_reply(self.last_stop)
-        if c == "g":
-            return tdesc.read_all(self._vcpu()).hex()
-        if c == "G":
-            tdesc.write_all(self._vcpu(), hex_to_bytes(p[1:]))
-            return "OK"
-        if c == "p":
-            n = parse_hex(p[1:])
-            if n >= len(tdesc.REGISTERS):
-                return f"E{EINVAL:02x}"
-            return tdesc.read_register(self._vcpu(), n).hex()
-        if c == "P":
-            num, _, value = p[1:].partition("=")
-            n = parse_hex(num)
-            data = hex_to_bytes(value)
-            if n >= len(tdesc.REGISTERS) or len(data) != tdesc.REGISTERS[n].size:
-                return f"E{EINVAL:02x}"
-            try:
-                tdesc.write_register(self._vcpu(), n, data)
-            except tdesc.RegisterError:
-                return f"E{EPERM:02x}"
-            return "OK"
-        if c == "m":
-            addr, length = self._addr_len(p[1:])
-            return self._read_memory(addr, length)
-        if c == "M":
-            head, _, data = p[1:].partition(":")
-            addr, length = self._addr_len(head)
-            payload = hex_to_bytes(data)
-            if len(payload) != length:
-                return f"E{EINVAL:02x}"
-            return self._write_memory(addr, payload)
-        if c == "X":
-            colon = raw.find(b":")
-            if colon < 0:
-                return f"E{EINVAL:02x}"
-            addr, length = self._addr_len(p[1:colon])
-            payload = raw[colon + 1:]
-            if len(payload) != length:
-                return f"E{EINVAL:02x}"
-            return self._write_memory(addr, payload) if length else "OK"
-        if c in "Zz":
-            return self._breakpoint(c == "Z", p[1:])
-        if c in "cs":
-            self.resume_action = (c, parse_hex(p[1:]) if len(p) > 1 else None)
-            return None
-        if c in "CS":
-            sig, _, addr = p[1:].partition(";")
-            parse_hex(sig)                  # signals cannot be delivered to a PV kernel: ignored
-            self.resume_action = (c.lower(), parse_hex(addr) if addr else None)
-            return None
-        if c == "H":
-            return "OK" if self._thread_id(p[2:], select=p[1:2] == "g") else f"E{EINVAL:02x}"
-        if c == "T":
-            return "OK" if self._thread_id(p[1:]) else f"E{EINVAL:02x}"
-        if c == "D":
-            self._send("OK")
-            self.notify("gdb detached; the guest runs on")
-            self._drop_client()
-            self._detach()
-            return None
-        if c == "k":
-            self.kill()
-            self._drop_client()
-            return None
-        if p.startswith("v"):
-            return self._v_packet(p)
-        if p.startswith("q") or p.startswith("Q"):
-            return self._query(p)
-        return ""
+        handler = self.PACKETS.get(p[0])
+        return handler(self, p, raw) if handler is not None else ""
+
+    # -- packets, by their first character (PACKETS) -----------------------------------------------------
+    def _pkt_stop_reason(self, p: str, raw: bytes) -> Optional[str]:
+        return self._stop_reply(self.last_stop)
+
+    def _pkt_read_registers(self, p: str, raw: bytes) -> Optional[str]:
+        return self._registers.read_all(self._vcpu()).hex()
+
+    def _pkt_write_registers(self, p: str, raw: bytes) -> Optional[str]:
+        tdesc.write_all(self._vcpu(), hex_to_bytes(p[1:]))
+        return "OK"
+
+    def _pkt_read_register(self, p: str, raw: bytes) -> Optional[str]:
+        n = parse_hex(p[1:])
+        if n >= len(tdesc.REGISTERS):
+            return f"E{EINVAL:02x}"
+        return tdesc.read_register(self._vcpu(), n).hex()
+
+    def _pkt_write_register(self, p: str, raw: bytes) -> Optional[str]:
+        num, _, value = p[1:].partition("=")
+        n = parse_hex(num)
+        data = hex_to_bytes(value)
+        if n >= len(tdesc.REGISTERS) or len(data) != tdesc.REGISTERS[n].size:
+            return f"E{EINVAL:02x}"
+        try:
+            tdesc.write_register(self._vcpu(), n, data)
+        except tdesc.RegisterError:
+            return f"E{EPERM:02x}"
+        return "OK"
+
+    def _pkt_read_memory(self, p: str, raw: bytes) -> Optional[str]:
+        addr, length = self._addr_len(p[1:])
+        return self._read_memory(addr, length)
+
+    def _pkt_write_memory_hex(self, p: str, raw: bytes) -> Optional[str]:
+        head, _, data = p[1:].partition(":")
+        addr, length = self._addr_len(head)
+        payload = hex_to_bytes(data)
+        if len(payload) != length:
+            return f"E{EINVAL:02x}"
+        return self._write_memory(addr, payload)
+
+    def _pkt_write_memory_binary(self, p: str, raw: bytes) -> Optional[str]:
+        colon = raw.find(b":")
+        if colon < 0:
+            return f"E{EINVAL:02x}"
+        addr, length = self._addr_len(p[1:colon])
+        payload = raw[colon + 1:]
+        if len(payload) != length:
+            return f"E{EINVAL:02x}"
+        return self._write_memory(addr, payload) if length else "OK"
+
+    def _pkt_breakpoint(self, p: str, raw: bytes) -> Optional[str]:
+        return self._breakpoint(p[0] == "Z", p[1:])
+
+    def _pkt_resume(self, p: str, raw: bytes) -> Optional[str]:
+        self.resume_action = (p[0], parse_hex(p[1:]) if len(p) > 1 else None)
+        return None
+
+    def _pkt_resume_signal(self, p: str, raw: bytes) -> Optional[str]:
+        sig, _, addr = p[1:].partition(";")
+        parse_hex(sig)                  # signals cannot be delivered to a PV kernel: ignored
+        self.resume_action = (p[0].lower(), parse_hex(addr) if addr else None)
+        return None
+
+    def _pkt_set_thread(self, p: str, raw: bytes) -> Optional[str]:
+        return "OK" if self._thread_id(p[2:], select=p[1:2] == "g") else f"E{EINVAL:02x}"
+
+    def _pkt_thread_alive(self, p: str, raw: bytes) -> Optional[str]:
+        return "OK" if self._thread_id(p[1:]) else f"E{EINVAL:02x}"
+
+    def _pkt_detach(self, p: str, raw: bytes) -> Optional[str]:
+        self._send("OK")
+        self.notify("gdb detached; the guest runs on")
+        self._drop_client()
+        self._detach()
+        return None
+
+    def _pkt_kill(self, p: str, raw: bytes) -> Optional[str]:
+        self.kill()
+        self._drop_client()
+        return None
+
+    def _pkt_v(self, p: str, raw: bytes) -> Optional[str]:
+        return self._v_packet(p)
+
+    def _pkt_query(self, p: str, raw: bytes) -> Optional[str]:
+        return self._query(p)
+
+    PACKETS: dict[str, Callable[["GdbStub", str, bytes], Optional[str]]] = {
+        "?": _pkt_stop_reason, "g": _pkt_read_registers, "G": _pkt_write_registers, "p": _pkt_read_register,
+        "P": _pkt_write_register, "m": _pkt_read_memory, "M": _pkt_write_memory_hex,
+        "X": _pkt_write_memory_binary, "Z": _pkt_breakpoint, "z": _pkt_breakpoint, "c": _pkt_resume,
+        "s": _pkt_resume, "C": _pkt_resume_signal, "S": _pkt_resume_signal, "H": _pkt_set_thread,
+        "T": _pkt_thread_alive, "D": _pkt_detach, "k": _pkt_kill, "v": _pkt_v, "q": _pkt_query, "Q": _pkt_query,
+    }
 
     def _v_packet(self, p: str) -> Optional[str]:
         if p == "vCont?":

@@ -16,13 +16,15 @@ import shlex
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional
 
+from miniguest.abi.start_info import start_info
+from miniguest.backends.xenstore import XenstoreError
 from miniguest.debug.trace import TraceRecord, Tracer
 from miniguest.debug.tracefmt import TraceFormatter, TraceKindsError, parse_kinds
 from miniguest.hypervisor.debugger import BP_CATCH, DebugSupport
 from miniguest.hypervisor.host import HYPERCALLS
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.host import Domain
+    from miniguest.toolstack.libxl import Guest
 
 RING_SIZE = 256
 HYPERCALL_SLOT = 32
@@ -31,7 +33,7 @@ HYPERCALL_SLOT = 32
 class Monitor:
     """Runs monitor commands for one debug session. `emit(text)` sends live output (trace records) to gdb."""
 
-    def __init__(self, domain: "Domain", debug: DebugSupport, emit: Callable[[str], None]) -> None:
+    def __init__(self, domain: "Guest", debug: DebugSupport, emit: Callable[[str], None]) -> None:
         self.domain = domain
         self.debug = debug
         self.emit = emit
@@ -87,7 +89,7 @@ class Monitor:
         return head + "\n" + ("\n".join(lines) if lines else "(no ports)") + "\n"
 
     def cmd_store(self, args: list[str]) -> str:
-        store = getattr(self.domain, "store", None)
+        store = self.domain.store
         if store is None:
             return "this domain has no xenstore\n"
         home = f"/local/domain/{self.domain.domid}"
@@ -96,7 +98,6 @@ class Monitor:
         path = args[1] if len(args) > 1 else home
         if not path.startswith("/") and not path.startswith("@"):
             path = f"{home}/{path}"
-        from miniguest.backends.xenstore.errors import XenstoreError
         try:
             if args[0] == "read":
                 return _printable(store.read(path)) + "\n"
@@ -135,7 +136,6 @@ class Monitor:
         return "\n".join(lines) + "\n"
 
     def _start_info(self) -> list[str]:
-        from miniguest.abi.start_info import start_info
         d = self.domain
         if not d.start_info_va or not d.vcpus:
             return []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -167,18 +166,21 @@ class _BatchReader:
         return bytes(out)
 
 
-_batches: "weakref.WeakKeyDictionary[Vcpu, _BatchReader]" = weakref.WeakKeyDictionary()
+class RegisterReader:
+    """Reads the whole register file (the g packet's contents) in one batched call per vCPU; a debugger
+    session keeps one (the batch buffers are set up once per vCPU)."""
 
+    def __init__(self) -> None:
+        self._batches: dict[int, tuple["Vcpu", _BatchReader]] = {}
 
-def read_all(vcpu: "Vcpu") -> bytes:
-    """The g packet's contents."""
-    batch = _batches.get(vcpu)
-    if batch is None:
-        batch = _batches[vcpu] = _BatchReader(vcpu.uc)
-    data = batch.read()
-    if data is None:                   # an unexpected Unicorn build: one register at a time
-        data = b"".join(read_register(vcpu, n) for n in range(len(REGISTERS)))
-    return data
+    def read_all(self, vcpu: "Vcpu") -> bytes:
+        entry = self._batches.get(vcpu.id)
+        if entry is None or entry[0] is not vcpu:
+            entry = self._batches[vcpu.id] = (vcpu, _BatchReader(vcpu.uc))
+        data = entry[1].read()
+        if data is None:                   # an unexpected Unicorn build: one register at a time
+            data = b"".join(read_register(vcpu, n) for n in range(len(REGISTERS)))
+        return data
 
 
 def write_register(vcpu: "Vcpu", n: int, data: bytes) -> None:

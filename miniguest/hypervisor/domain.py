@@ -387,7 +387,7 @@ class Domain:
                 if vcpu.started:
                     # guarded: a bounce frame the guest's stack cannot take crashes the domain (Xen's
                     # create_bounce_frame -> domain_crash), here as inside a hypercall
-                    vcpu._guard(vcpu.deliver_events)
+                    vcpu.run_guarded(vcpu.deliver_events)
                     if self.state != RUNNING:
                         break
                 deadline = self.timers.next_deadline()

@@ -14,7 +14,8 @@ from __future__ import annotations
 import ctypes
 import struct
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from functools import cache
+from typing import Sequence
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
@@ -29,8 +30,6 @@ class ContextOffsets:
     size: int
 
 
-_offsets: Optional[ContextOffsets] = None
-
 # mov ax,0x1238; mov ds,ax; int 0x41; mov ax,0x1240; mov ds,ax; hlt  (GDT limit 0x1f: both loads #GP(sel))
 _CALIBRATION_CODE = bytes.fromhex("66b83812" "8ed8" "cd41" "66b84012" "8ed8" "f4")
 
@@ -39,11 +38,9 @@ class UnicornLayoutError(RuntimeError):
     pass
 
 
+@cache
 def context_offsets() -> ContextOffsets:
     """Find error_code / exception_is_int / old_exception in the saved context (once per process)."""
-    global _offsets
-    if _offsets is not None:
-        return _offsets
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x10000)
     uc.mem_write(0x1000, _CALIBRATION_CODE)
@@ -77,9 +74,7 @@ def context_offsets() -> ContextOffsets:
             break
     if found is None:
         raise UnicornLayoutError("could not locate the exception error code in Unicorn's CPU state")
-    _offsets = ContextOffsets(error_code=found, exception_is_int=found + 4, old_exception=found + 112,
-                              size=len(b1))
-    return _offsets
+    return ContextOffsets(error_code=found, exception_is_int=found + 4, old_exception=found + 112, size=len(b1))
 
 
 def read_exception_state(uc: Uc) -> tuple[int, bool]:
@@ -95,18 +90,15 @@ def read_exception_state(uc: Uc) -> tuple[int, bool]:
     return err & 0xFFFFFFFF, bool(is_int)
 
 
-_xcr0_offset: Optional[int] = None
 # xor ecx,ecx; xor edx,edx; mov eax,1; xsetbv; xor eax,eax | mov eax,3; xsetbv; xor eax,eax; hlt
 _XCR0_CODE = bytes.fromhex("31c9" "31d2" "b801000000" "0f01d1" "31c0" "b803000000" "0f01d1" "31c0" "f4")
 CR4_OSXSAVE = 1 << 18
 
 
+@cache
 def xcr0_offset() -> int:
     """Where QEMU's CPUX86State keeps XCR0 in the saved context (no register id exposes it): found once per
     process by running xsetbv at CPL 0 with two values and comparing the contexts."""
-    global _xcr0_offset
-    if _xcr0_offset is not None:
-        return _xcr0_offset
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x2000)
     uc.mem_write(0x1000, _XCR0_CODE)
@@ -121,8 +113,7 @@ def xcr0_offset() -> int:
             and struct.unpack_from("<Q", b, i)[0] == 3]
     if len(hits) != 1:
         raise UnicornLayoutError("could not locate XCR0 in Unicorn's CPU state (unexpected Unicorn build)")
-    _xcr0_offset = hits[0]
-    return _xcr0_offset
+    return hits[0]
 
 
 def read_xcr0(uc: Uc) -> int:

@@ -9,6 +9,8 @@ same time stamps, the same timer firings and the same bytes on every run and mac
 from __future__ import annotations
 
 import ctypes
+import time
+from functools import cache
 import glob
 import importlib.util
 import os
@@ -36,28 +38,27 @@ class _VClock(ctypes.Structure):
 
 
 COUNT_BLOCK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32)
-_lib: Optional[ctypes.CDLL] = None
 
 
 class ClockUnavailable(RuntimeError):
     pass
 
 
+@cache
 def _library() -> ctypes.CDLL:
-    global _lib
-    if _lib is None:
-        spec = importlib.util.find_spec("miniguest.hypervisor._vclock")
-        path = spec.origin if spec is not None else None
-        if path is None:
-            here = os.path.dirname(__file__)
-            found = glob.glob(os.path.join(here, "_vclock*.so"))
-            path = found[0] if found else None
-        if path is None:
-            raise ClockUnavailable("miniguest's compiled clock (_vclock) is missing: reinstall with "
-                                   "`pip install .` (it needs a C compiler)")
-        _lib = ctypes.CDLL(path)
-        _lib.vclock_flush_cache.argtypes = [ctypes.c_void_p]
-    return _lib
+    """The compiled clock, loaded once per process."""
+    spec = importlib.util.find_spec("miniguest.hypervisor._vclock")
+    path = spec.origin if spec is not None else None
+    if path is None:
+        here = os.path.dirname(__file__)
+        found = glob.glob(os.path.join(here, "_vclock*.so"))
+        path = found[0] if found else None
+    if path is None:
+        raise ClockUnavailable("miniguest's compiled clock (_vclock) is missing: reinstall with "
+                               "`pip install .` (it needs a C compiler)")
+    lib = ctypes.CDLL(path)
+    lib.vclock_flush_cache.argtypes = [ctypes.c_void_p]
+    return lib
 
 
 class VirtualClock:
@@ -188,12 +189,10 @@ class RealtimeClock(VirtualClock):
 
     def __init__(self, count_block: Callable[[int, int], int]) -> None:
         super().__init__(count_block)
-        import time
-        self._time = time
         self._t0 = time.monotonic_ns()
 
     def now_ns(self) -> int:
-        return self._time.monotonic_ns() - self._t0
+        return time.monotonic_ns() - self._t0
 
     def now_at(self, rip: int, count_between: Callable[[int, int], int]) -> int:
         return self.now_ns()
@@ -207,4 +206,4 @@ class RealtimeClock(VirtualClock):
     def skip_to(self, ns: int) -> None:
         remaining = ns - self.now_ns()
         if remaining > 0:
-            self._time.sleep(remaining / 1e9)
+            time.sleep(remaining / 1e9)

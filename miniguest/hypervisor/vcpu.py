@@ -200,39 +200,41 @@ class Vcpu:
         return self.aspace
 
     # -- vcpu_info ----------------------------------------------------------------------------------------
-    def _vi(self) -> tuple[memoryview, int]:
+    def vcpu_info(self) -> tuple[memoryview, int]:
+        """Where this vCPU's vcpu_info is: (the page, the offset in it) -- its shared_info slot or the frame
+        it registered (VCPUOP_register_vcpu_info)."""
         if self.vcpu_info_view is not None:
             return self.vcpu_info_view, self.vcpu_info_offset
         return self.domain.shared_info_view(), self.vcpu_info_offset
 
     @property
     def upcall_mask(self) -> int:
-        view, off = self._vi()
+        view, off = self.vcpu_info()
         return view[off + VI_UPCALL_MASK]
 
     @upcall_mask.setter
     def upcall_mask(self, value: int) -> None:
-        view, off = self._vi()
+        view, off = self.vcpu_info()
         view[off + VI_UPCALL_MASK] = value & 0xFF
 
     @property
     def guest_cr2(self) -> int:
         """The guest's %cr2: the one Xen keeps for it in vcpu_info.arch.cr2 (what `mov %cr2` returns)."""
-        view, off = self._vi()
+        view, off = self.vcpu_info()
         return _U64.unpack_from(view, off + VI_ARCH_CR2)[0]
 
     @property
     def upcall_pending(self) -> int:
-        view, off = self._vi()
+        view, off = self.vcpu_info()
         return view[off + VI_UPCALL_PENDING]
 
     def events_need_delivery(self) -> bool:
-        view, off = self._vi()
+        view, off = self.vcpu_info()
         return bool(view[off + VI_UPCALL_PENDING]) and not view[off + VI_UPCALL_MASK]
 
     def mark_events_pending(self) -> None:
         """Xen's vcpu_mark_events_pending: set upcall_pending, wake the vCPU if it was blocked."""
-        view, off = self._vi()
+        view, off = self.vcpu_info()
         if view[off + VI_UPCALL_PENDING]:
             return
         view[off + VI_UPCALL_PENDING] = 1
@@ -306,7 +308,7 @@ class Vcpu:
         """Bounce a CPU exception to the guest's handler, or crash the domain if it has none."""
         ti = self.trap_table[vector]
         if vector == TRAP_page_fault and cr2 is not None:
-            view, off = self._vi()
+            view, off = self.vcpu_info()
             _U64.pack_into(view, off + VI_ARCH_CR2, cr2)
             self.uc.reg_write(X.UC_X86_REG_CR2, cr2)
         if vector == TRAP_no_device and self.cr0_ts:
@@ -328,7 +330,7 @@ class Vcpu:
         return True
 
     # -- hooks --------------------------------------------------------------------------------------------
-    def _guard(self, fn, *args):
+    def run_guarded(self, fn, *args):
         """Run hypervisor work for a hook; turn a guest crash or an internal error into domain state."""
         try:
             return fn(*args)
@@ -342,7 +344,7 @@ class Vcpu:
     def _on_syscall(self) -> None:
         self.in_syscall_hook = True
         try:
-            self._guard(self._syscall)
+            self.run_guarded(self._syscall)
         finally:
             self.in_syscall_hook = False
 
@@ -358,7 +360,7 @@ class Vcpu:
             uclib.uc_reg_write(self._uch, X.UC_X86_REG_RAX, self._rax_ref)
         if self.domain.running and not self.blocked:
             # Inline test of upcall_pending && !upcall_mask: most hypercalls return with nothing to deliver.
-            view, off = self._vi()
+            view, off = self.vcpu_info()
             if view[off] and not view[off + 1]:
                 self.deliver_events()
 
@@ -379,7 +381,7 @@ class Vcpu:
         self.deliver_events()
 
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
-        self._guard(self._interrupt, intno)
+        self.run_guarded(self._interrupt, intno)
 
     def _interrupt(self, intno: int) -> None:
         error_code, is_int = read_exception_state(self.uc)
@@ -402,27 +404,27 @@ class Vcpu:
             self.deliver_events()
 
     def _on_invalid_insn(self, uc: Uc, _: object) -> bool:
-        self._guard(emulate_invalid_op, self)
+        self.run_guarded(emulate_invalid_op, self)
         return True
 
     def _on_sysenter(self, uc: Uc, _: object) -> None:
         # Unicorn runs this hook in place of the instruction, then adds its length (2) to RIP, as for syscall.
         self.in_syscall_hook = True
         try:
-            self._guard(sysenter_entry, self)
+            self.run_guarded(sysenter_entry, self)
         finally:
             self.in_syscall_hook = False
 
     def _on_cpuid(self, uc: Uc, _: object) -> int:
-        self._guard(privop.cpuid_instruction, self)
+        self.run_guarded(privop.cpuid_instruction, self)
         return 1
 
     def _on_rdtsc(self, uc: Uc) -> int:
-        self._guard(privop.emulate_rdtsc, self, False)
+        self.run_guarded(privop.emulate_rdtsc, self, False)
         return 1
 
     def _on_rdtscp(self, uc: Uc) -> int:
-        self._guard(privop.emulate_rdtsc, self, True)
+        self.run_guarded(privop.emulate_rdtsc, self, True)
         return 1
 
     # I/O instructions: Unicorn executes them without any permission check. The clock's block counter finds
@@ -453,7 +455,7 @@ class Vcpu:
         code = privop.fetch_insn_bytes(self, addr, 16)
         n, io = privop.count_block_instructions(code, addr)
         if io and io[0] == addr:
-            self._guard(privop.io_instruction, self, addr)
+            self.run_guarded(privop.io_instruction, self, addr)
 
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
         self.domain.log_once(("io-escaped", self.rip), f"I/O instruction near {self.rip:#x} was not intercepted")

@@ -21,7 +21,10 @@ import struct
 import zlib
 from typing import Callable
 
-from miniguest.toolstack.libelf import ImageError
+import lz4.block
+import zstandard
+
+from miniguest.toolstack.image_error import ImageError
 
 SETUP_SECTS = 0x1f1
 HDR_MAGIC_OFF = 0x202
@@ -157,10 +160,6 @@ def _lzma(blob: bytes, size: int) -> bytearray:
 
 
 def _zstd(blob: bytes, size: int) -> bytearray:
-    try:
-        import zstandard
-    except ImportError:                                      # pragma: no cover - a declared dependency
-        raise DecompressError("the zstandard module is not installed") from None
     sink = _Sink(size)
     dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     try:
@@ -178,10 +177,6 @@ def _zstd(blob: bytes, size: int) -> bytearray:
 def _lz4(blob: bytes, size: int) -> bytearray:
     """LZ4 legacy frame (`lz4 -l`): the magic, then blocks of {u32 compressed size, data}, each block
     decompressing to at most 8 MiB; the magic may repeat (concatenated frames)."""
-    try:
-        import lz4.block
-    except ImportError:                                      # pragma: no cover - a declared dependency
-        raise DecompressError("the lz4 module is not installed") from None
     sink = _Sink(size)
     end = len(blob) - 4
     pos = 4

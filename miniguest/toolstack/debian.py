@@ -7,12 +7,15 @@ host: packages are downloaded as files and unpacked into the cache.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import shutil
 import subprocess
 import tarfile
 from typing import Optional
+
+import zstandard
 
 
 class DebianError(Exception):
@@ -95,10 +98,8 @@ def _unpack_python(deb: str, dest: str) -> None:
             name = header[:16].decode("ascii", "replace").strip().rstrip("/")
             size = int(header[48:58].decode("ascii").strip() or 0)
             if name.startswith("data.tar"):
-                import io
                 body = f.read(size)
                 if name.endswith(".zst"):
-                    import zstandard
                     body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read()
                 with tarfile.open(fileobj=io.BytesIO(body)) as tar:
                     try:

@@ -8,6 +8,7 @@ shared_info with events masked on vCPU 0, and sets the vCPU's entry registers.
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 import sys
 from array import array
@@ -83,7 +84,6 @@ class Builder:
                 raise ImageError(f"{img.path}: INIT_P2M: the p2m list at {layout.p2m_base:#x}-{end:#x} overlaps "
                                  "the bootstrap mapping or the hypervisor area, or is not canonical")
         if d.config.poison_memory:
-            import ctypes
             for mfn in d.p2m:
                 ctypes.memset(d.mem.address + mfn * PAGE, 0xA5, PAGE)
             # Every start-of-day element starts zeroed.

@@ -12,11 +12,18 @@ itself; `fetch=True` gets busybox-static with `apt-get download` (toolstack/debi
 """
 from __future__ import annotations
 
+import gzip
+import io
+import lzma
 import os
 import re
 import stat
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
+
+import zstandard
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
 from miniguest.toolstack import debian
 
@@ -131,10 +138,6 @@ def busybox_binary(source: Optional[str], fetch: bool = False) -> bytes:
 
 
 def _check_static_x86_64(path: str, data: bytes) -> None:
-    import io
-
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
     try:
         elf = ELFFile(io.BytesIO(data))
         if elf["e_machine"] != "EM_X86_64":
@@ -219,20 +222,13 @@ class KernelModules:
 
 
 def _modinfo(path: str) -> dict[str, str]:
-    import io
-
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
     with open(path, "rb") as f:
         data = f.read()
     if path.endswith(".xz"):
-        import lzma
         data = lzma.decompress(data)
     elif path.endswith(".zst"):
-        import zstandard
         data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
     elif path.endswith(".gz"):
-        import gzip
         data = gzip.decompress(data)
     try:
         sec = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")

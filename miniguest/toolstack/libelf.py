@@ -19,16 +19,13 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from miniguest.abi import elfnote
-from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START
-from miniguest.abi.arch_x86 import canonical
+from miniguest.abi.arch_x86 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, canonical
+from miniguest.toolstack import bzimage
+from miniguest.toolstack.image_error import ImageError
 
 MAX_NOTES = 1024
 DEFAULT_MAX_SIZE = 1 << 30          # libxenguest's XC_DOM_DECOMPRESS_MAX, when no guest size is known
 PT_LOAD = "PT_LOAD"
-
-
-class ImageError(Exception):
-    """The kernel image cannot be booted; str() is the one line shown to the user."""
 
 
 @dataclass
@@ -197,7 +194,6 @@ def parse_kernel(path: str, data: Optional[bytes] = None, max_size: Optional[int
     raw = data
     compression = ""
     if data[:4] != b"\x7fELF":
-        from miniguest.toolstack import bzimage
         if not bzimage.is_bzimage(data):
             raise ImageError(f"{path}: not an ELF file or a Linux bzImage")
         data, compression = bzimage.extract(data, path, DEFAULT_MAX_SIZE if max_size is None else max_size)

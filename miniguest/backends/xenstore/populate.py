@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, Union
 
+from .dom0 import Dom0Store, Dom0Transaction
 from .errors import XenstoreError
 from .perms import Perm
+from .store import ROOT_CALLER, Store
 
 if TYPE_CHECKING:
     from .daemon import XenstoreDaemon
-    from .dom0 import Dom0Store
-    from .store import Store
 
 #: libxl's LIBXL_XENCONSOLE_LIMIT
 XENCONSOLE_LIMIT = 1048576
@@ -33,9 +33,8 @@ class _Writer(Protocol):
 class _StoreWriter:
     """Adapter so populate_domain also works on a bare Store (tests, tools)."""
 
-    def __init__(self, store: "Store") -> None:
-        from .store import _ROOT
-        self.store, self.caller = store, _ROOT
+    def __init__(self, store: Store) -> None:
+        self.store, self.caller = store, ROOT_CALLER
 
     def write(self, path: str, value: bytes | str) -> None:
         self.store.write(self.caller, path, value.encode() if isinstance(value, str) else value)
@@ -50,14 +49,12 @@ class _StoreWriter:
         return self.store.exists(path)
 
 
-def _writer(target: Union["XenstoreDaemon", "Dom0Store", "Store"]) -> _Writer:
-    from .daemon import XenstoreDaemon
-    from .store import Store
-    if isinstance(target, XenstoreDaemon):
-        return target.dom0
+def _writer(target: Union["XenstoreDaemon", Dom0Store, Dom0Transaction, Store]) -> _Writer:
     if isinstance(target, Store):
         return _StoreWriter(target)
-    return target  # a Dom0Store or Dom0Transaction
+    if isinstance(target, (Dom0Store, Dom0Transaction)):
+        return target
+    return target.dom0            # the daemon: write as dom0
 
 
 def populate_dom0(target: Union["XenstoreDaemon", "Dom0Store", "Store"]) -> None:
@@ -73,7 +70,6 @@ def populate_domain(store_or_daemon: Union["XenstoreDaemon", "Dom0Store", "Store
                     uuid: str, memory_kib: int, store_port: int, store_mfn: int, console_port: int,
                     console_mfn: int, vcpus: int = 1) -> None:
     """Write /local/domain/<domid>, /vm/<uuid>, /libxl/<domid> and dom0's console backend directory."""
-    from .dom0 import Dom0Store
     populate_dom0(store_or_daemon)
     base = _writer(store_or_daemon)
     for attempt in range(16):

@@ -392,7 +392,7 @@ class Store:
         for name in owned:
             if name in self.nodes and name != "/":
                 try:
-                    self.rm(_ROOT, name)
+                    self.rm(ROOT_CALLER, name)
                 except XenstoreError:
                     pass
         for name, node in list(self.nodes.items()):
@@ -432,4 +432,4 @@ class _RootCaller:
     target: Optional[int] = None
 
 
-_ROOT = _RootCaller()
+ROOT_CALLER = _RootCaller()

@@ -20,6 +20,7 @@ from miniguest.hypervisor.decode import DecodeCtx, Decoded, domid, put_list
 from miniguest.hypervisor.hypercall import Hypercall, SubOp, SubOps
 from miniguest.hypervisor.ram import GuestFault, guest_range_ok
 from miniguest.hypervisor.save import Fields, StateError
+from miniguest.hypervisor.x86.mm import l1_entry_for
 from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_writable, PageTypeError
 
 if TYPE_CHECKING:
@@ -273,7 +274,6 @@ def _grant_pte(mfn: int, flags: int) -> int:
 
 def _pte_slot(vcpu: "Vcpu", addr: int, by_pte: bool) -> tuple[int, int]:
     """(L1 mfn, index) of the PTE a host mapping uses: by linear address, or by its machine address."""
-    from miniguest.hypervisor.x86.mm import l1_entry_for
     dom = vcpu.domain
     if by_pte:
         if addr & 7:

@@ -17,6 +17,7 @@ from miniguest.abi.shared_info import (SI_WC_SEC, SI_WC_SEC_HI, SI_WC_VERSION, V
 from miniguest.abi.xen import HYPERVISOR_set_timer_op, VIRQ_TIMER
 from miniguest.hypervisor.decode import DecodeCtx, Decoded
 from miniguest.hypervisor.hypercall import Hypercall
+from miniguest.hypervisor.ram import AddressSpace, GuestFault
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
@@ -37,7 +38,7 @@ def update_vcpu_time(vcpu: "Vcpu") -> None:
     memory area (VCPUOP_register_vcpu_time_memory_area) the record is copied there too, through the guest
     kernel's page tables, the same way (version odd, record, version even); a copy that faults is dropped,
     as Xen's __copy_to_guest failures are."""
-    view, off = vcpu._vi()
+    view, off = vcpu.vcpu_info()
     base = off + VI_TIME
     version = struct.unpack_from("<I", view, base)[0]
     odd = (version + 1) | 1
@@ -52,7 +53,6 @@ def update_vcpu_time(vcpu: "Vcpu") -> None:
 
 
 def _copy_time_to_guest(vcpu: "Vcpu", odd: int, record: bytes) -> None:
-    from miniguest.hypervisor.ram import AddressSpace, GuestFault
     aspace = AddressSpace(vcpu.domain.mem, vcpu.guest_table << 12)      # the guest kernel's tables
     addr = vcpu.time_info_guest
     try:

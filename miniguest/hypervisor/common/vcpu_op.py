@@ -111,7 +111,7 @@ def register_vcpu_info(vcpu: "Vcpu", mfn: int, offset: int) -> int:
         dom.frames.get_type(mfn, PGT_writable, dom.domid)    # held for as long as it is registered
     except Exception:
         raise HypercallError(-errno.EINVAL, "vcpu_info frame cannot be writable") from None
-    view, old = vcpu._vi()
+    view, old = vcpu.vcpu_info()
     data = bytes(view[old:old + VCPU_INFO_SIZE])
     frame = dom.mem.frame(mfn)
     frame[offset:offset + VCPU_INFO_SIZE] = data

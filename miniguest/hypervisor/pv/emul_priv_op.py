@@ -21,8 +21,10 @@ from miniguest.abi.xen import VMASST_TYPE_architectural_iopl
 from miniguest.hypervisor.pv.misc_hypercalls import get_debugreg, set_debugreg
 from miniguest.hypervisor.ram import GuestFault
 from miniguest.hypervisor.x86.cpu import CR0_GUEST, CR4_DE, CR4_GUEST, CR4_OSXSAVE
-from miniguest.hypervisor.x86.cpuid import emulate_cpuid
+from miniguest.hypervisor.x86.cpuid import emulate_cpuid, has
+from miniguest.hypervisor.x86.mm import switch_base
 from miniguest.hypervisor.x86.msr import guest_rdmsr, guest_wrmsr
+from miniguest.hypervisor.x86.page_types import PageTypeError
 from miniguest.hypervisor.x86.xstate import handle_xsetbv
 
 if TYPE_CHECKING:
@@ -219,8 +221,6 @@ def write_cr(vcpu: "Vcpu", cr: int, value: int) -> bool:
         vcpu.cr0_ts = ts
         return True
     if cr == 3:
-        from miniguest.hypervisor.x86.mm import switch_base
-        from miniguest.hypervisor.x86.page_types import PageTypeError
         try:
             switch_base(vcpu, value >> 12, user=False)
         except PageTypeError:
@@ -232,7 +232,6 @@ def write_cr(vcpu: "Vcpu", cr: int, value: int) -> bool:
         # and reads back as Xen's own visible bits (CR4_GUEST). Of those, this CPU model gives the guest
         # DE and OSXSAVE (which gates xsetbv); FSGSBASE is not in our policy and TSD is not modelled (it
         # reads back clear).
-        from miniguest.hypervisor.x86.cpuid import has
         vcpu.cr4_ctl = value & (CR4_DE | (CR4_OSXSAVE if has("XSAVE") else 0))
         return True
     return False

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 from miniguest.abi.arch_x86 import MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, MSR_TSC_AUX
 from miniguest.abi.arch_x86 import canonical
 from miniguest.hypervisor.x86.cpu import EFER_GUEST
+from miniguest.hypervisor.x86.cpuid import arch_capabilities, has
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -67,7 +68,6 @@ def guest_rdmsr(vcpu: "Vcpu", msr: int) -> Optional[int]:
     if msr == MSR_IA32_UCODE_REV:
         return UCODE_REV
     if msr == MSR_ARCH_CAPABILITIES:
-        from miniguest.hypervisor.x86.cpuid import arch_capabilities, has
         return arch_capabilities() if has("ARCH_CAPS") else None
     if msr == MSR_IA32_PLATFORM_ID:
         return 0
@@ -76,7 +76,6 @@ def guest_rdmsr(vcpu: "Vcpu", msr: int) -> Optional[int]:
     if msr in (MSR_IA32_PERF_STATUS, MSR_IA32_PERF_CTL, MSR_IA32_THERM_STATUS, MSR_IA32_PERF_CAPABILITIES):
         return 0                            # read-as-zero (not a cpufreq controller)
     if msr == MSR_TSC_AUX:
-        from miniguest.hypervisor.x86.cpuid import has
         return vcpu.tsc_aux if has("RDTSCP") or has("RDPID") else None
     if msr == MSR_INTEL_PLATFORM_INFO:
         return PLATFORM_INFO_CPUID_FAULTING
@@ -102,7 +101,6 @@ def guest_wrmsr(vcpu: "Vcpu", msr: int, value: int) -> bool:
     if msr == MSR_EFER:
         return value == EFER_GUEST         # Xen lets a PV guest "write" only the value it sees
     if msr == MSR_TSC_AUX:
-        from miniguest.hypervisor.x86.cpuid import has
         if not (has("RDTSCP") or has("RDPID")) or value >> 32:
             return False
         vcpu.tsc_aux = value

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from miniguest.hypervisor.unicorn_x86 import write_xcr0
+from miniguest.hypervisor.x86.cpuid import pv_policy
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.vcpu import Vcpu
@@ -25,7 +26,6 @@ TILE_CFG, TILE_DATA = 1 << 17, 1 << 18
 
 def xcr0_max() -> int:
     """cpu_policy_xcr0_max: the XCR0 bits the domain's CPUID policy offers (leaf 0xd.0 eax/edx)."""
-    from miniguest.hypervisor.x86.cpuid import pv_policy
     a, _, _, d = pv_policy().get((0xD, 0), (0, 0, 0, 0))
     return d << 32 | a
 
