@@ -48,7 +48,7 @@ def test_fuzz_ci_subset(name, errors):
 
 def test_the_fuzzer_finds_a_planted_bug(errors, monkeypatch):
     """The harness itself: a traceback from the code under test is reported with a replay command."""
-    from miniguest.regress import tracefile
+    from miniguest.regress import trace_files as tracefile
     monkeypatch.setattr(tracefile, "format_record", lambda rec: rec.data["no such field"])
     target = fuzz.TARGETS["trace"]()
     target.setup()

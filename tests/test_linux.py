@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from miniguest import Domain
-from miniguest.debug.trace import Tracer
+from miniguest.debug.tracer import Tracer
 from miniguest.toolstack.initramfs import KernelModules, build, busybox_binary
 
 from debian import kernel_package, linux_packages

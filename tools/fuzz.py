@@ -579,7 +579,7 @@ class TraceTarget(Target):
 
     def setup(self) -> None:
         from miniguest import Domain
-        from miniguest.debug.trace import Tracer, header_line
+        from miniguest.debug.tracer import Tracer, header_line
         self.tmp = tempfile.mkdtemp(prefix="fuzz-trace-")
         self.traces: list[list[str]] = []
         for path, cmdline, budget in ((HELLO, "", None), (str(SAMPLES / "faults.elf"), "", 400_000),
@@ -641,7 +641,7 @@ class TraceTarget(Target):
     def run(self, case: tuple[int, bytes]) -> None:
         from miniguest.regress import perfetto
         from miniguest.regress.golden import check as golden_check
-        from miniguest.regress.tracefile import (TraceFileError, diff, format_divergence, format_record, load,
+        from miniguest.regress.trace_files import (TraceFileError, diff, format_divergence, format_record, load,
                                                  select)
         k, text = case
         path = os.path.join(self.tmp, "fuzz.jsonl")
@@ -1072,7 +1072,7 @@ class CliTarget(Target):
 
     def setup(self) -> None:
         from miniguest import Domain
-        from miniguest.debug.trace import Tracer, header_line
+        from miniguest.debug.tracer import Tracer, header_line
         from miniguest.regress.snapshot import Snapshot
         self.tmp = tempfile.mkdtemp(prefix="fuzz-cli-")
         dom = Domain.from_elf(HELLO, console_output=lambda b: None)

@@ -17,7 +17,7 @@ MAX_RESTARTS = 16
 #   register(subparsers)                   add its own subcommands
 #   add_domain_options(parser)             add options to boot (and other commands that build a domain)
 #   configure_domain(domain, args)         act on those options once the domain is built
-COMMAND_MODULES = ("miniguest.cli.debug", "miniguest.cli.regress", "miniguest.cli.initramfs")
+COMMAND_MODULES = ("miniguest.cli.debug_commands", "miniguest.cli.regress_commands", "miniguest.cli.initramfs")
 
 
 def _feature_modules() -> list:

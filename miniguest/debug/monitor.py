@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from miniguest.abi.start_info import start_info
 from miniguest.backends.xenstore import XenstoreError
-from miniguest.debug.trace import TraceRecord, Tracer
-from miniguest.debug.tracefmt import TraceFormatter, TraceKindsError, parse_kinds
+from miniguest.debug.tracer import TraceRecord, Tracer
+from miniguest.debug.trace_printer import TraceFormatter, TraceKindsError, parse_kinds
 from miniguest.hypervisor.debugger import BP_CATCH, DebugSupport
 from miniguest.hypervisor.host import HYPERCALLS
 

@@ -1,4 +1,4 @@
-"""The interception interface: how listeners -- tracing (debug/trace.py), fault injection (regress/faults.py),
+"""The interception interface: how listeners -- tracing (debug/tracer.py), fault injection (regress/faults.py),
 the debugger's and the snapshot command's stops, tests -- hear about and steer what the hypervisor does,
 without the hypervisor knowing who they are. Each channel of a Domain is typed by a protocol here, and the
 core calls exactly these methods (nothing is looked up with hasattr):
@@ -53,7 +53,7 @@ class EventObserver(Protocol):
 
 class TraceSink(Protocol):
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
-        """Something happened (debug/trace.py lists the kinds and their fields)."""
+        """Something happened (debug/tracer.py lists the kinds and their fields)."""
 
 
 class RingEndpoint(Protocol):

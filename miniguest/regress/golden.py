@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from miniguest.debug.trace import TraceRecord, header_line
+from miniguest.debug.tracer import TraceRecord, header_line
 from miniguest.regress.normalise import AddressNames, NO_NAMES, is_normalised, normalise, normalised_meta
-from miniguest.regress.tracefile import DEFAULT_CONTEXT, TraceFileError, diff, format_divergence, load
+from miniguest.regress.trace_files import DEFAULT_CONTEXT, TraceFileError, diff, format_divergence, load
 
 
 @dataclass

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-from miniguest.debug.trace import TraceRecord
+from miniguest.debug.tracer import TraceRecord
 
 PAGE = 4096
 PTR = "ptr"             # a guest pointer: a name, or "<ptr>"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Optional, Sequence
 
-from miniguest.debug.trace import TraceRecord
+from miniguest.debug.tracer import TraceRecord
 
 PID = 1
 VCPU_TID_BASE = 1

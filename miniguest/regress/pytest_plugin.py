@@ -85,7 +85,7 @@ class GuestRun:
 
     def meta(self) -> dict[str, Any]:
         from miniguest.regress.faults import FaultInjector
-        from miniguest.regress.tracefile import image_meta
+        from miniguest.regress.trace_files import image_meta
         fi = self.domain.fault_injector
         rules = [r.text for r in fi.rules] if isinstance(fi, FaultInjector) else None
         return image_meta(self.image, self.domain, rules)
@@ -100,7 +100,7 @@ def boot(image: str, *, run: bool = True, trace: bool = True, inject: Iterable[s
          until: Optional[Callable[[Any], bool]] = None, **options: Any) -> GuestRun:
     """Build (and unless run=False, run) a traced guest. `options` go to Domain.from_elf."""
     from miniguest import Domain
-    from miniguest.debug.trace import Tracer
+    from miniguest.debug.tracer import Tracer
     from miniguest.regress.faults import FaultInjector
     dom = Domain.from_elf(image, **options)
     tracer = Tracer(dom).attach() if trace else None

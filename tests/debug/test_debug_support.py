@@ -10,7 +10,7 @@ from debuglib import HELLO, SAMPLES, SELFTEST
 
 from miniguest import Domain
 from miniguest.hypervisor.disasm import describe_insn
-from miniguest.debug.trace import Tracer
+from miniguest.debug.tracer import Tracer
 from miniguest.hypervisor.debugger import DebugSupport
 
 FAULTS = os.path.join(SAMPLES, "faults.elf")

@@ -10,8 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from guestlib import HELLO, ROOT, SELFTEST  # noqa: E402
 
 from miniguest import Domain, samples  # noqa: E402
-from miniguest.debug.trace import Tracer  # noqa: E402
-from miniguest.cli.regress import PauseAfterHypercalls  # noqa: E402
+from miniguest.debug.tracer import Tracer  # noqa: E402
+from miniguest.cli.regress_commands import PauseAfterHypercalls  # noqa: E402
 
 MINIOS: Optional[str] = samples.path("minios")
 GOLDEN = os.path.join(ROOT, "tests", "golden")

@@ -152,7 +152,7 @@ def test_the_same_run_matches_and_the_golden_has_no_raw_addresses(tmp_path, hell
 
 
 def test_a_golden_with_raw_addresses_asks_to_be_re_recorded(tmp_path, hello_run):
-    from miniguest.debug.trace import write_jsonl
+    from miniguest.debug.tracer import write_jsonl
     dom, records = hello_run
     path = tmp_path / "old.jsonl"
     write_jsonl(records, str(path), {"image": "hello.elf", "sha256": "0" * 64})
@@ -162,7 +162,7 @@ def test_a_golden_with_raw_addresses_asks_to_be_re_recorded(tmp_path, hello_run)
 
 def test_pointer_kinds_follow_xens_prototypes():
     """Arguments Xen declares as guest handles are pointers; values that only look like addresses are not."""
-    from miniguest.debug.trace import TraceRecord
+    from miniguest.debug.tracer import TraceRecord
     names = AddressNames(lookup=lambda a: ("buf", a - 0x1000) if 0x1000 <= a < 0x2000 else None,
                          image=(0x1000, 0x2000), regions=[(0x5000, 0x6000, "start_info")])
 

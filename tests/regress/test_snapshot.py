@@ -8,7 +8,7 @@ import struct
 import pytest
 from regresslib import MINIOS, SELFTEST, PauseAfter, lines, traced
 
-from miniguest.debug.trace import Tracer
+from miniguest.debug.tracer import Tracer
 from miniguest.hypervisor import vcpu as vcpu_module
 from miniguest.hypervisor.x86 import cpu as cpu_defs
 from miniguest.regress import snapshot as S

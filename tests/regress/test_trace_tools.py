@@ -11,7 +11,7 @@ from regresslib import HELLO, MINIOS, trace_run
 
 from miniguest.regress import perfetto
 from miniguest.hypervisor.host import HYPERCALLS
-from miniguest.regress.tracefile import diff, load, parse_lines
+from miniguest.regress.trace_files import diff, load, parse_lines
 
 
 def _first(records, **match):
@@ -89,7 +89,7 @@ def test_perfetto_export_is_valid_trace_event_json(tmp_path):
 
 def test_trace_files_are_validated():
     import pytest
-    from miniguest.regress.tracefile import TraceFileError
+    from miniguest.regress.trace_files import TraceFileError
     for text, msg in [("", "empty"), ('{"format":"x"}\n', "not a miniguest trace"),
                       ('{"format":"miniguest-trace","version":9}\n', "version 9"),
                       ('{"format":"miniguest-trace","version":1}\n{"seq":"x"}\n', "integer seq"),

@@ -29,7 +29,7 @@ def _err(msg: str) -> None:
 
 
 def _kinds(text: str) -> frozenset[str]:
-    from miniguest.debug.tracefmt import TraceKindsError, parse_kinds
+    from miniguest.debug.trace_printer import TraceKindsError, parse_kinds
     try:
         return parse_kinds(text)
     except TraceKindsError as e:
@@ -67,7 +67,7 @@ def configure_domain(domain: Any, args: argparse.Namespace) -> None:
             raise ImageError(str(e)) from None
     kinds = getattr(args, "trace", None)
     if kinds:
-        from miniguest.debug.tracefmt import attach_printer
+        from miniguest.debug.trace_printer import attach_printer
         attach_printer(domain, kinds, sys.stderr)
 
 

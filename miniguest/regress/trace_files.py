@@ -1,6 +1,6 @@
 """Trace files: load and validate, filter, show one line per record, and find where two traces diverge.
 
-A trace file is JSON lines (miniguest.debug.trace): a header `{"format": "miniguest-trace", "version": 1,
+A trace file is JSON lines (miniguest.debug.tracer): a header `{"format": "miniguest-trace", "version": 1,
 "meta": {...}}`, then one record per line with sorted keys. A file may come from anywhere, so loading checks
 the header and every line and reports the first problem in one line (TraceFileError) instead of a traceback.
 """
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from miniguest.debug.trace import TRACE_FORMAT_VERSION, TraceRecord
+from miniguest.debug.tracer import TRACE_FORMAT_VERSION, TraceRecord
 
 from . import jsonsafe
 
@@ -73,7 +73,7 @@ def _brief(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-#: Fields the tools compute with (not only print) and the types miniguest.debug.trace writes them with; a
+#: Fields the tools compute with (not only print) and the types miniguest.debug.tracer writes them with; a
 #: file is untrusted, so a record whose field has another type is refused when the file is loaded, and show,
 #: diff, export and goldens can rely on them. Everything else is only ever printed or compared (normalised
 #: traces put names where raw ones have numbers), and unknown kinds and fields are carried untouched.

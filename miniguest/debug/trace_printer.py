@@ -1,6 +1,6 @@
 """Readable trace lines: `miniguest boot --trace KINDS` on stderr, and gdb's `monitor trace on`.
 
-Built on debug/trace.py's Tracer and TraceRecord (unchanged): this module only turns records into text.
+Built on debug/tracer.py's Tracer and TraceRecord (unchanged): this module only turns records into text.
 Addresses are symbolized (`function+0x12`) and, when the formatter is live (attached to a running domain),
 the instruction at each exception and hypercall call site is disassembled with capstone, read through the
 guest's page tables at the moment the record is made:
@@ -19,7 +19,7 @@ from miniguest.abi.arch_x86 import ERROR_CODE_VECTORS
 from miniguest.hypervisor.disasm import disassemble, read_code
 from miniguest.debug.hclog import format_result
 from miniguest.toolstack.symbols import EMPTY, Symbols
-from miniguest.debug.trace import ALL_KINDS, TraceRecord, Tracer
+from miniguest.debug.tracer import ALL_KINDS, TraceRecord, Tracer
 from miniguest.hypervisor.host import HYPERCALLS
 
 if TYPE_CHECKING:

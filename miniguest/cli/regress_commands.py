@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from miniguest.regress.tracefile import image_meta
+from miniguest.regress.trace_files import image_meta
 
 EXIT_DIFFERENT = 1
 EXIT_TROUBLE = 2
@@ -118,7 +118,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     """`trace record`: `boot` (console, --console-log, --stdin, --ready-file, signals, exit status) with a
     tracer writing every record as it happens."""
     from miniguest.cli import main as cli
-    from miniguest.debug.trace import Tracer, TraceRecord, header_line
+    from miniguest.debug.tracer import Tracer, TraceRecord, header_line
     try:
         out = open(args.output, "w", encoding="utf-8")
     except OSError as e:
@@ -160,7 +160,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def _load(path: str):
-    from miniguest.regress.tracefile import TraceFileError, load
+    from miniguest.regress.trace_files import TraceFileError, load
     try:
         return load(path)
     except TraceFileError as e:
@@ -169,7 +169,7 @@ def _load(path: str):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from miniguest.regress.tracefile import format_record, select
+    from miniguest.regress.trace_files import format_record, select
     tf = _load(args.trace)
     if tf is None:
         return EXIT_TROUBLE
@@ -182,7 +182,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from miniguest.regress.tracefile import diff, format_divergence
+    from miniguest.regress.trace_files import diff, format_divergence
     from miniguest.regress.normalise import is_normalised
     a = _load(args.a)
     b = _load(args.b)
@@ -277,7 +277,7 @@ def _to_terminal(data: bytes) -> None:
 
 def cmd_snapshot_run(args: argparse.Namespace) -> int:
     from miniguest.cli import main as cli
-    from miniguest.debug.trace import Tracer, header_line
+    from miniguest.debug.tracer import Tracer, header_line
     from miniguest.regress.faults import FaultInjector
     from miniguest.regress.snapshot import Snapshot, SnapshotError
     try:
