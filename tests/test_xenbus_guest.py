@@ -16,7 +16,7 @@ import pytest
 
 from miniguest import Domain, samples
 from miniguest.abi import xs_wire as W
-from miniguest.cli.main import SHUTDOWN_EXIT
+from miniguest.toolstack.exit_status import SHUTDOWN_EXIT
 from miniguest.hypervisor import domain as D
 
 MINIOS = samples.path("minios")

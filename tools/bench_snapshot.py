@@ -22,7 +22,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from miniguest import Domain, samples  # noqa: E402
-from miniguest.cli.regress_commands import PauseAfterHypercalls  # noqa: E402
+from miniguest.regress.snapshot import PauseAfterHypercalls  # noqa: E402
 from miniguest.regress.snapshot import Snapshot  # noqa: E402
 
 

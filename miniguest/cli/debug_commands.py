@@ -11,25 +11,30 @@ Every `boot` option applies to debug and gdb; they exit like boot, with the gues
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from typing import Any, Optional
+import threading
+from typing import Any, Optional, Union
+
+from miniguest.cli.boot import ConsoleInput, DomainOptions, remove_ready_file, report_end, write_ready_file
+from miniguest.cli.boot import error as _err
+from miniguest.debug.gdbstub import GdbStub, parse_address
+from miniguest.debug.trace_printer import TraceKindsError, attach_printer, parse_kinds
+from miniguest.hypervisor import host as D
+from miniguest.toolstack.exit_status import EXIT_BAD_IMAGE, EXIT_ERROR
+from miniguest.toolstack.libelf import ImageError
+from miniguest.toolstack.libxl import Guest
+from miniguest.toolstack.symbols import Symbols
+from miniguest.toolstack.xlcfg import ConfigError
 
 DEFAULT_GDB_ADDRESS = "127.0.0.1:1234"
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"miniguest: {msg}\n")
-    sys.stderr.flush()
 
 
 def _kinds(text: str) -> frozenset[str]:
-    from miniguest.debug.trace_printer import TraceKindsError, parse_kinds
     try:
         return parse_kinds(text)
     except TraceKindsError as e:
@@ -37,7 +42,6 @@ def _kinds(text: str) -> frozenset[str]:
 
 
 def _address(text: str) -> tuple[str, int]:
-    from miniguest.debug.gdbstub import parse_address
     try:
         return parse_address(text)
     except ValueError as e:
@@ -54,11 +58,9 @@ def add_domain_options(parser: argparse.ArgumentParser) -> None:
                              "events, upcalls, timers, privops, console, idle, shutdown, crash, log, or all")
 
 
-def configure_domain(domain: Any, args: argparse.Namespace) -> None:
+def configure_domain(domain: Guest, args: argparse.Namespace) -> None:
     symbols = getattr(args, "symbols", None)
     if symbols:
-        from miniguest.toolstack.libelf import ImageError
-        from miniguest.toolstack.symbols import Symbols
         try:
             domain.symbols = Symbols.from_file(symbols)
         except OSError as e:
@@ -67,17 +69,15 @@ def configure_domain(domain: Any, args: argparse.Namespace) -> None:
             raise ImageError(str(e)) from None
     kinds = getattr(args, "trace", None)
     if kinds:
-        from miniguest.debug.trace_printer import attach_printer
         attach_printer(domain, kinds, sys.stderr)
 
 
-def register(subparsers: Any) -> None:
-    from miniguest.cli import main as cli
+def register(subparsers: Any, options: DomainOptions) -> None:
     for name, helptext, func in (
             ("debug", "boot a guest stopped before its first instruction and wait for gdb", cmd_debug),
             ("gdb", "boot a guest under gdb (the stub plus the system gdb, already connected)", cmd_gdb)):
         p = subparsers.add_parser(name, help=helptext, description=helptext)
-        cli.add_domain_options(p)
+        options.add(p)
         p.add_argument("--gdb", type=_address, metavar="HOST:PORT", dest="gdb_address",
                        default=None if name == "gdb" else DEFAULT_GDB_ADDRESS,
                        help="where the gdb stub listens (default "
@@ -86,7 +86,7 @@ def register(subparsers: Any) -> None:
             p.add_argument("--gdb-binary", default="gdb", metavar="PATH", help="the gdb to run (default gdb)")
             p.add_argument("--gdb-arg", action="append", default=[], metavar="ARG",
                            help="extra argument for gdb (repeatable), e.g. --gdb-arg=-ex=break start_kernel")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, domain_options=options)
 
 
 def _console_sinks(args: argparse.Namespace) -> tuple[list, Optional[Any]]:
@@ -108,16 +108,13 @@ def _console_sinks(args: argparse.Namespace) -> tuple[list, Optional[Any]]:
     return sinks, log_file
 
 
-def _build(args: argparse.Namespace, sinks: list):
+def _build(args: argparse.Namespace, sinks: list) -> Union[int, tuple[Guest, str]]:
     """Build the domain like `boot` does. Returns (domain, kernel path) or an exit status."""
-    from miniguest.cli import main as cli
-    from miniguest.toolstack.libelf import ImageError
-    from miniguest.toolstack.xlcfg import ConfigError
     try:
-        dom, kernel, _, _ = cli.build_from_args(args, sinks)
+        dom, kernel, _, _ = args.domain_options.build(args, sinks)
     except ImageError as e:
         _err(str(e))
-        return cli.EXIT_BAD_IMAGE
+        return EXIT_BAD_IMAGE
     except ConfigError as e:
         _err(str(e))
         return EXIT_ERROR
@@ -125,7 +122,6 @@ def _build(args: argparse.Namespace, sinks: list):
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -133,16 +129,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
-    from miniguest.cli import main as cli
-    from miniguest.debug.gdbstub import GdbStub
-    from miniguest.hypervisor import host as D
     try:
         sinks, log_file = _console_sinks(args)
     except OSError as e:
         _err(f"{args.console_log}: {e.strerror}")
         return EXIT_ERROR
     try:
-        cli.remove_ready_file(args)
+        remove_ready_file(args)
         built = _build(args, sinks)
         if isinstance(built, int):
             return built
@@ -161,7 +154,7 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
                  "control of the guest (use 127.0.0.1)")
         gdb_proc = None
         detach_input = lambda: None         # noqa: E731
-        if not cli.write_ready_file(args, dom, gdb=where):
+        if not write_ready_file(args, dom, gdb=where):
             stub.close()
             dom.close()
             return EXIT_ERROR
@@ -176,7 +169,7 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
             _watch_gdb(gdb_proc, stub, previous)
         else:
             _err(f"waiting for gdb on {where}: gdb -ex 'target remote {where}' {kernel}")
-            detach_input = cli.ConsoleInput(dom, args).detach
+            detach_input = ConsoleInput(dom, args).detach
         try:
             state = stub.serve()
         except KeyboardInterrupt:
@@ -187,7 +180,7 @@ def _session(args: argparse.Namespace, launch_gdb: bool) -> int:
             if gdb_proc is not None:
                 gdb_proc.wait()                 # the guest ended first: gdb stays until the user quits it
                 signal.signal(signal.SIGINT, previous)
-        code = cli._report(dom, state)
+        code = report_end(dom, state)
         dom.close()
         return code
     finally:
@@ -228,13 +221,11 @@ def _watch_gdb(proc: subprocess.Popen, stub, sigint_handler) -> None:
     """When gdb exits: give Ctrl-C back to miniguest (a detached guest may run on), and end the session if
     gdb never connected instead of waiting for it forever. Signal handlers are set on the main thread,
     which is the domain's: hand the work to its loop."""
-    import threading
 
     def on_main_thread() -> None:
-        from miniguest.hypervisor.domain import on_sigint
         # Python's default handler would raise KeyboardInterrupt inside whatever hook runs; on_sigint asks
         # the running domain to stop instead (and is Python's default when none runs).
-        signal.signal(signal.SIGINT, on_sigint if sigint_handler is signal.default_int_handler
+        signal.signal(signal.SIGINT, D.on_sigint if sigint_handler is signal.default_int_handler
                       else sigint_handler)
         if stub.epoch == 0:
             stub.kill()

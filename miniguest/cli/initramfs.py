@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
+from miniguest.cli.boot import DomainOptions
+from miniguest.cli.boot import error as _err
+from miniguest.toolstack import initramfs as I
+from miniguest.toolstack.libxl import Guest
 
-def _err(msg: str) -> None:
-    sys.stderr.write(f"miniguest: {msg}\n")
-    sys.stderr.flush()
+
+def add_domain_options(parser: argparse.ArgumentParser) -> None:
+    """No boot options: initramfs builds an archive, not a domain."""
 
 
-def register(subparsers: Any) -> None:
+def configure_domain(domain: Guest, args: argparse.Namespace) -> None:
+    pass
+
+
+def register(subparsers: Any, options: DomainOptions) -> None:
     p = subparsers.add_parser("initramfs", help="make a busybox initramfs (newc cpio) for a Linux guest",
                               description=__doc__.split("\n\n", 1)[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +51,6 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_initramfs(args: argparse.Namespace) -> int:
-    from miniguest.toolstack import initramfs as I
     try:
         busybox = I.busybox_binary(args.busybox, fetch=args.fetch)
         modules = None

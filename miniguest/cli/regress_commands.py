@@ -16,16 +16,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
-from miniguest.regress.trace_files import image_meta
+from miniguest.cli.boot import DomainOptions, natural, report_end, run_guest
+from miniguest.cli.boot import error as _err
+from miniguest.debug.tracer import Tracer, TraceRecord, header_line
+from miniguest.regress import perfetto
+from miniguest.regress.faults import FaultInjector, RuleError, parse_rule
+from miniguest.regress.normalise import AddressNames, is_normalised, normalise_record, normalised_meta
+from miniguest.regress.snapshot import PauseAfterHypercalls, Snapshot, SnapshotError, save_snapshot
+from miniguest.regress.trace_files import (TraceFileError, diff, format_divergence, format_record, image_meta, load,
+                                           select)
+from miniguest.toolstack.exit_status import EXIT_BAD_IMAGE, EXIT_ERROR
+from miniguest.toolstack.libelf import ImageError
+from miniguest.toolstack.libxl import Guest
+from miniguest.toolstack.xlcfg import ConfigError
 
 EXIT_DIFFERENT = 1
 EXIT_TROUBLE = 2
 
 
-def _rule(text: str):
-    from miniguest.regress.faults import RuleError, parse_rule
+def _rule(text: str) -> str:
     try:
         parse_rule(text)
     except RuleError as e:
@@ -39,19 +50,17 @@ def add_domain_options(parser: argparse.ArgumentParser) -> None:
                              "event:drop:port=3@2, xenstore:read:ENOENT@1 (repeatable)")
 
 
-def configure_domain(domain: Any, args: argparse.Namespace) -> None:
+def configure_domain(domain: Guest, args: argparse.Namespace) -> None:
     rules = getattr(args, "inject", None)
     if rules:
-        from miniguest.regress.faults import FaultInjector
         FaultInjector(rules).attach(domain)          # fresh counters for every (re)started domain
 
 
-def register(subparsers: Any) -> None:
-    from miniguest.cli import main as cli
+def register(subparsers: Any, options: DomainOptions) -> None:
     p = subparsers.add_parser("trace", help="record, show, compare and export traces of hypercall handling")
     sub = p.add_subparsers(dest="trace_command", required=True)
     rec = sub.add_parser("record", help="boot a guest and record its trace (boot options apply)")
-    cli.add_domain_options(rec)
+    options.add(rec)
     rec.add_argument("-o", "--output", required=True, metavar="FILE", help="trace file (JSON lines)")
     rec.add_argument("--perfetto", metavar="FILE", help="also write a Chrome/Perfetto trace-event JSON file")
     rec.add_argument("--kinds", metavar="K,K", help="record only these kinds (default: all)")
@@ -59,7 +68,7 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--normalise", "--normalize", action="store_true",
                      help="write the normal form of golden files: pointers and call sites by symbol, no raw "
                           "addresses or image hash (compare with tests/golden/*.jsonl)")
-    rec.set_defaults(func=cmd_record)
+    rec.set_defaults(func=cmd_record, domain_options=options)
     show = sub.add_parser("show", help="print a trace, one line per record")
     show.add_argument("trace")
     show.add_argument("--kind", action="append", default=[], help="only records of this kind (repeatable)")
@@ -70,7 +79,7 @@ def register(subparsers: Any) -> None:
     d = sub.add_parser("diff", help="first divergence of two traces (exit 1 if they differ)")
     d.add_argument("a")
     d.add_argument("b")
-    d.add_argument("--context", type=cli.natural, default=3, metavar="N",
+    d.add_argument("--context", type=natural, default=3, metavar="N",
                    help="records of context (default 3)")
     d.add_argument("--ignore", action="append", default=[], metavar="FIELD",
                    help="ignore this field, e.g. time or caller (repeatable)")
@@ -79,21 +88,20 @@ def register(subparsers: Any) -> None:
     ex.add_argument("trace")
     ex.add_argument("-o", "--output", required=True, metavar="FILE")
     ex.set_defaults(func=cmd_export)
-    _register_snapshot(subparsers)
+    _register_snapshot(subparsers, options)
 
 
-def _register_snapshot(subparsers: Any) -> None:
-    from miniguest.cli import main as cli
+def _register_snapshot(subparsers: Any, options: DomainOptions) -> None:
     p = subparsers.add_parser("snapshot", help="save a domain at a point, restore and run it (variations)")
     sub = p.add_subparsers(dest="snapshot_command", required=True)
     save = sub.add_parser("save", help="boot a guest, stop it at a point and save a snapshot")
-    cli.add_domain_options(save)
+    options.add(save)
     save.add_argument("-o", "--output", required=True, metavar="FILE")
     at = save.add_mutually_exclusive_group(required=True)
-    at.add_argument("--at-ns", type=cli.natural, metavar="T", help="stop once virtual time reaches T ns")
-    at.add_argument("--after-hypercalls", type=cli.natural, metavar="N",
+    at.add_argument("--at-ns", type=natural, metavar="T", help="stop once virtual time reaches T ns")
+    at.add_argument("--after-hypercalls", type=natural, metavar="N",
                     help="stop right after the N-th hypercall")
-    save.set_defaults(func=cmd_snapshot_save)
+    save.set_defaults(func=cmd_snapshot_save, domain_options=options)
     info = sub.add_parser("info", help="what a snapshot holds")
     info.add_argument("snapshot")
     info.set_defaults(func=cmd_snapshot_info)
@@ -104,26 +112,19 @@ def _register_snapshot(subparsers: Any) -> None:
     run.add_argument("--inject", action="append", type=_rule, metavar="RULE", default=[],
                      help="fault injection rule (repeatable), as for boot")
     run.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
-    run.add_argument("--max-insns", type=cli.natural, metavar="N",
+    run.add_argument("--max-insns", type=natural, metavar="N",
                      help="instruction budget (total, as at boot)")
     run.set_defaults(func=cmd_snapshot_run)
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"miniguest: {msg}\n")
-    sys.stderr.flush()
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     """`trace record`: `boot` (console, --console-log, --stdin, --ready-file, signals, exit status) with a
     tracer writing every record as it happens."""
-    from miniguest.cli import main as cli
-    from miniguest.debug.tracer import Tracer, TraceRecord, header_line
     try:
         out = open(args.output, "w", encoding="utf-8")
     except OSError as e:
         _err(f"{args.output}: {e.strerror}")
-        return cli.EXIT_ERROR
+        return EXIT_ERROR
     kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
     trouble: list[int] = []
 
@@ -131,7 +132,6 @@ def cmd_record(args: argparse.Namespace) -> int:
         meta = image_meta(kernel, dom, args.inject)
         names = None
         if args.normalise:
-            from miniguest.regress.normalise import AddressNames, normalise_record, normalised_meta
             names = AddressNames.from_domain(dom)
             meta = normalised_meta(meta)
 
@@ -146,21 +146,19 @@ def cmd_record(args: argparse.Namespace) -> int:
             tracer.detach()
             out.flush()
             if args.perfetto:
-                from miniguest.regress import perfetto
                 try:
                     perfetto.write(tracer.records, args.perfetto, meta)
                 except OSError as e:
                     _err(f"{args.perfetto}: {e.strerror}")
-                    trouble.append(cli.EXIT_ERROR)
+                    trouble.append(EXIT_ERROR)
         return finish
 
     with out:
-        code = cli.run_guest(args, prepare, restart=False)
+        code = run_guest(args, prepare, restart=False)
     return code or (trouble[0] if trouble else 0)
 
 
 def _load(path: str):
-    from miniguest.regress.trace_files import TraceFileError, load
     try:
         return load(path)
     except TraceFileError as e:
@@ -169,7 +167,6 @@ def _load(path: str):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from miniguest.regress.trace_files import format_record, select
     tf = _load(args.trace)
     if tf is None:
         return EXIT_TROUBLE
@@ -182,8 +179,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from miniguest.regress.trace_files import diff, format_divergence
-    from miniguest.regress.normalise import is_normalised
     a = _load(args.a)
     b = _load(args.b)
     if a is None or b is None:
@@ -202,7 +197,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from miniguest.regress import perfetto
     tf = _load(args.trace)
     if tf is None:
         return EXIT_TROUBLE
@@ -214,32 +208,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-class PauseAfterHypercalls:
-    """Hypercall observer: pause the domain right after its n-th hypercall (a defined snapshot point)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.seen = 0
-
-    def before(self, vcpu: Any, nr: int, args: tuple[int, ...]) -> None:
-        pass
-
-    def after(self, vcpu: Any, nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
-        self.seen += 1
-        if self.seen == self.n:
-            vcpu.domain.pause()
-
-
 def cmd_snapshot_save(args: argparse.Namespace) -> int:
-    from miniguest.cli import main as cli
-    from miniguest.toolstack.libelf import ImageError
-    from miniguest.regress.snapshot import SnapshotError, save_snapshot
-    from miniguest.toolstack.xlcfg import ConfigError
     try:
-        dom, _, _, _ = cli.build_from_args(args, [] if args.quiet else [_to_terminal])
+        dom, _, _, _ = args.domain_options.build(args, [] if args.quiet else [_to_terminal])
     except (ImageError, ConfigError) as e:
         _err(str(e))
-        return cli.EXIT_BAD_IMAGE if isinstance(e, ImageError) else cli.EXIT_ERROR
+        return EXIT_BAD_IMAGE if isinstance(e, ImageError) else EXIT_ERROR
     if args.after_hypercalls is not None:
         dom.hypercall_observers.append(PauseAfterHypercalls(args.after_hypercalls))
         state = dom.run()
@@ -251,7 +225,7 @@ def cmd_snapshot_save(args: argparse.Namespace) -> int:
         save_snapshot(dom, args.output)
     except SnapshotError as e:
         _err(str(e))
-        return cli.EXIT_ERROR
+        return EXIT_ERROR
     finally:
         dom.close()
     _err(f"snapshot of domain {dom.name} at {dom.clock.now_ns()} ns saved to {args.output}")
@@ -259,7 +233,6 @@ def cmd_snapshot_save(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot_info(args: argparse.Namespace) -> int:
-    from miniguest.regress.snapshot import Snapshot, SnapshotError
     try:
         info = Snapshot.load(args.snapshot).info()
     except SnapshotError as e:
@@ -276,10 +249,6 @@ def _to_terminal(data: bytes) -> None:
 
 
 def cmd_snapshot_run(args: argparse.Namespace) -> int:
-    from miniguest.cli import main as cli
-    from miniguest.debug.tracer import Tracer, header_line
-    from miniguest.regress.faults import FaultInjector
-    from miniguest.regress.snapshot import Snapshot, SnapshotError
     try:
         snap = Snapshot.load(args.snapshot)
         info = snap.info()
@@ -287,7 +256,7 @@ def cmd_snapshot_run(args: argparse.Namespace) -> int:
         dom = snap.restore(console_output=None if args.quiet else _to_terminal, **options)
     except SnapshotError as e:
         _err(str(e))
-        return cli.EXIT_ERROR
+        return EXIT_ERROR
     if args.inject:
         FaultInjector(args.inject).attach(dom)
     out = None
@@ -302,7 +271,7 @@ def cmd_snapshot_run(args: argparse.Namespace) -> int:
             except OSError as e:
                 _err(f"{args.trace}: {e.strerror}")
                 dom.close()
-                return cli.EXIT_ERROR
+                return EXIT_ERROR
             out.write(header_line(meta) + "\n")
         tracer = Tracer(dom, sink=(lambda rec: out.write(rec.to_json() + "\n")) if out else None,
                         keep=bool(args.perfetto)).attach()
@@ -313,13 +282,12 @@ def cmd_snapshot_run(args: argparse.Namespace) -> int:
     finally:
         if out is not None:
             out.close()
-    code = cli._report(dom, state)
+    code = report_end(dom, state)
     if args.perfetto and tracer is not None:
-        from miniguest.regress import perfetto
         try:
             perfetto.write(tracer.records, args.perfetto, meta)
         except OSError as e:
             _err(f"{args.perfetto}: {e.strerror}")
-            code = code or cli.EXIT_ERROR
+            code = code or EXIT_ERROR
     dom.close()
     return code

@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Iterable, Optional, TextIO
 
 from miniguest.abi.arch_x86 import ERROR_CODE_VECTORS
-from miniguest.hypervisor.disasm import disassemble, read_code
+from miniguest.hypervisor.debugger import disassemble, read_code
 from miniguest.debug.hclog import format_result
 from miniguest.toolstack.symbols import EMPTY, Symbols
 from miniguest.debug.tracer import ALL_KINDS, TraceRecord, Tracer

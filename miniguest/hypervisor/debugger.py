@@ -53,12 +53,17 @@ from typing import TYPE_CHECKING, Optional
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
 
 from miniguest.abi.arch_x86 import PAGE_SIZE
+from miniguest.hypervisor.disasm import describe_insn, disassemble, read_code  # noqa: F401  (public, below)
 from miniguest.hypervisor.ram import GuestFault
 from miniguest.hypervisor.pv.emul_priv_op import count_block_instructions
 
 if TYPE_CHECKING:
     from miniguest.hypervisor.domain import Domain
     from miniguest.hypervisor.vcpu import Vcpu
+
+# Reading and disassembling guest code through its page tables (disasm.py) is part of this interface too:
+# describe_insn, disassemble, read_code.
+__all__ = ["DebugSupport", "DebugError", "StopEvent", "describe_insn", "disassemble", "read_code"]
 
 # Breakpoint owners. Z0 and Z1 are gdb's software and hardware kinds; the others are internal.
 BP_SOFTWARE = "sw"

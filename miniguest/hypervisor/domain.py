@@ -471,6 +471,8 @@ class Domain:
         self.host.destroy_domain(self.domid)
 
     # -- saved state (hypervisor/save.py) -----------------------------------------------------------------
+    # The binary sections save() writes beside its record.
+    SAVED_SECTIONS = ("memory", *(f"frames.{name}" for name in FrameTable.SECTIONS), "p2m")
     SAVED_FIELDS = ("nr_pages", "tot_pages", "max_pages", "vm_assist")
 
     def check_frame(self, mfn: object, where: str, owned: bool = True) -> int:

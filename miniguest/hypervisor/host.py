@@ -24,7 +24,7 @@ from miniguest.hypervisor.common.event_channel import Dom0Evtchn, EvtchnError
 from miniguest.hypervisor.common.grant_table import GrantError, map_for_dom0, unmap_for_dom0
 from miniguest.hypervisor.crash import NO_SYMBOLS, Symbolizer
 from miniguest.hypervisor.domain import (BUDGET, CRASHED, CREATED, FINAL_STATES, HUNG, PAUSED, RUNNING,
-                                         SHUTDOWN, STOPPED, Domain, DomainConfig)
+                                         SHUTDOWN, STOPPED, Domain, DomainConfig, on_sigint)
 from miniguest.hypervisor.hostloop import HostLoop
 from miniguest.hypervisor.hypercall import Hypercall, HypercallTable
 from miniguest.hypervisor.pv.hypercall import PV64_HYPERCALLS
@@ -36,7 +36,7 @@ from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, Pa
 __all__ = ["Host", "GrantMapping", "VcpuContext", "Domain", "DomainConfig", "Vcpu", "AddressSpace", "HostLoop",
            "Dom0Evtchn", "EvtchnError", "GrantError", "GuestFault", "PageTypeError", "Symbolizer", "NO_SYMBOLS",
            "Hypercall", "HypercallTable", "HYPERCALLS", "CREATED", "RUNNING", "PAUSED", "SHUTDOWN", "CRASHED",
-           "BUDGET", "HUNG", "STOPPED", "FINAL_STATES"]
+           "BUDGET", "HUNG", "STOPPED", "FINAL_STATES", "on_sigint"]
 
 # The hypercalls a PV guest has: names, sub-ops, argument decoders (what traces, fault-injection rules and
 # gdb's catchpoints name). Every domain dispatches through this table (Domain.hypercalls).

@@ -26,20 +26,19 @@ import uuid as uuidlib
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from miniguest import __version__
-from miniguest.hypervisor.host import Host
+from miniguest.hypervisor.host import Domain, Host
 from miniguest.hypervisor.save import Fields, StateError
-from miniguest.hypervisor.x86.page_types import FrameTable
 from miniguest.toolstack.libelf import ImageError
 from miniguest.toolstack.libxl import Guest, create_domain
 
 from .snapfile import Container, SnapshotError, read_file
 
 if TYPE_CHECKING:
-    from miniguest.hypervisor.host import Domain
+    from miniguest.hypervisor.host import Vcpu
 
 FORMAT = "miniguest-snapshot"
 VERSION = 2              # 2: the frame table carries flags (validated, pinned, Xen heap) and linear counts
-SECTIONS = ("memory", "image", *(f"frames.{name}" for name in FrameTable.SECTIONS), "p2m")
+SECTIONS = ("image", *Domain.SAVED_SECTIONS)
 
 # Domain attributes: carried (by Domain.save or the toolstack's backends) or rebuilt/attached anew by the
 # toolstack. An attribute in neither is state nobody saves yet: tests/regress/test_snapshot.py fails.
@@ -218,6 +217,22 @@ class Snapshot:
             domain.restore(h, self.container.sections, self.memory_image(domain))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise SnapshotError(f"snapshot: malformed state ({type(e).__name__}: {e})") from None
+
+
+class PauseAfterHypercalls:
+    """A hypercall observer (intercept.HypercallObserver): pause the domain right after its n-th hypercall (a defined snapshot point)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+
+    def before(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...]) -> None:
+        pass
+
+    def after(self, vcpu: "Vcpu", nr: int, args: tuple[int, ...], result: Optional[int]) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            vcpu.domain.pause()
 
 
 def save_snapshot(domain: "Domain", path: str, compress_level: int = 1) -> Snapshot:

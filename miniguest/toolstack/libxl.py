@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any, Callable, Optional, Union
 
+from miniguest import samples
 from miniguest.backends.console import HV, RING, ConsoleBackend, ConsoleLog
 from miniguest.backends.xenbus import BUS_SERVICE, XenbusBackendBus
 from miniguest.backends.xenstore import Dom0Store, XenstoreDaemon, populate_domain
@@ -112,7 +113,6 @@ def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str
     # image_data: the kernel file's bytes (snapshot restore), else read. A bzImage may decompress to at most
     # the guest's memory (without a memory size: the most a domain may have).
     if image_data is None and not os.path.exists(kernel):
-        from miniguest import samples
         kernel = samples.path(kernel) or kernel          # a bundled sample by name ("hello")
     if max_time is not None and not max_time >= 0:
         raise ImageError(f"the time limit must be a number of seconds >= 0 (got {max_time})")

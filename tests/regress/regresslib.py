@@ -11,7 +11,7 @@ from guestlib import HELLO, ROOT, SELFTEST  # noqa: E402
 
 from miniguest import Domain, samples  # noqa: E402
 from miniguest.debug.tracer import Tracer  # noqa: E402
-from miniguest.cli.regress_commands import PauseAfterHypercalls  # noqa: E402
+from miniguest.regress.snapshot import PauseAfterHypercalls  # noqa: E402
 
 MINIOS: Optional[str] = samples.path("minios")
 GOLDEN = os.path.join(ROOT, "tests", "golden")

@@ -33,6 +33,7 @@ import mmap
 import re
 import struct
 from array import array
+from functools import cache
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from miniguest.abi import errno
@@ -445,16 +446,16 @@ class FrameTable:
 
 
 _BIG_ENDIAN = array("H", [1]).tobytes() != b"\x01\x00"
-_BYTE_CLASSES: dict[tuple[int, ...], "re.Pattern[bytes]"] = {}
+
+
+@cache
+def _byte_class(key: tuple[int, ...]) -> "re.Pattern[bytes]":
+    return re.compile(b"[" + b"".join(re.escape(bytes([v])) for v in key) + b"]")
 
 
 def _positions(view: memoryview, values: Iterable[int]) -> list[int]:
     """Byte offsets in `view` whose byte is one of `values` (a regex scan: C speed over big tables)."""
-    key = tuple(sorted(set(values)))
-    pattern = _BYTE_CLASSES.get(key)
-    if pattern is None:
-        pattern = _BYTE_CLASSES[key] = re.compile(b"[" + b"".join(re.escape(bytes([v])) for v in key) + b"]")
-    return [m.start() for m in pattern.finditer(view.cast("B"))]
+    return [m.start() for m in _byte_class(tuple(sorted(set(values)))).finditer(view.cast("B"))]
 
 
 # -- the audit --------------------------------------------------------------------------------------------
