@@ -1,4 +1,4 @@
-"""Low-level Unicorn x86 plumbing measured for Unicorn 2.1.4 (see ../shared/UNICORN-NOTES.md).
+"""Low-level Unicorn x86 plumbing measured for Unicorn 2.1.4.
 
 Three things the Python binding does not give us directly:
 - The exception error code and "is this a software interrupt" flag live only in QEMU's CPUX86State, which
