@@ -126,3 +126,40 @@ def test_xsetbv_refuses_what_xen_refuses(value):
         assert handle_xsetbv(dom.vcpus[0], 0, 3)
     finally:
         dom.close()
+
+
+def test_guest_breakpoints_fire_as_on_hardware():
+    """DR0-3 with DR7 (set by `mov %drN` and by set_debugreg): a write breakpoint traps after the store with
+    B0 in %dr6, a read/write one fires on a load (B1), an instruction breakpoint faults before the
+    instruction and lets the return to it run (B2); disabled ones are silent; an I/O breakpoint without
+    CR4.DE is -EPERM."""
+    f = run("dbreg")
+    assert (f["write_bp_fired"], f["rw_bp_fired_on_read"], f["exec_bp_fired"], f["all_off_silent"]) == \
+        ("1", "2", "3", "3")
+    assert (f["write_bp_dr6_b0"], f["rw_bp_dr6_b1"], f["exec_bp_dr6_b2"]) == ("1", "2", "4")
+
+
+def test_armed_breakpoints_survive_a_snapshot():
+    from miniguest import Domain
+
+    class PauseAtDr7:
+        def before(self, vcpu, nr, args):
+            pass
+
+        def after(self, vcpu, nr, args, result):
+            if nr == 8 and args[0] == 7 and args[1] & 0xFF:        # set_debugreg(7, active)
+                vcpu.domain.pause()
+
+    dom = Domain.from_elf(LINUXABI, cmdline="dbreg")
+    dom.hypercall_observers.append(PauseAtDr7())
+    assert dom.run() == "paused"
+    snap = Snapshot.from_bytes(Snapshot.capture(dom).to_bytes())
+    dom.hypercall_observers.clear()
+    assert dom.run() == "shutdown"
+    r = snap.restore()
+    r.run()
+    try:
+        assert r.console.text == dom.console.text and "linuxabi: all ok" in r.console.text
+    finally:
+        dom.close()
+        r.close()

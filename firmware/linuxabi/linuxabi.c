@@ -17,6 +17,7 @@ extern unsigned long boot_entry_rsp;
 static int failures;
 void run_xsave(void);
 void run_hcalls(struct start_info *si);
+void run_dbreg(void);
 
 void expect(const char *what, long got, long want)
 {
@@ -65,9 +66,11 @@ void guest_main(struct start_info *si)
     unsigned long map_va = scratch_va + PAGE_SIZE;
     unsigned long l4 = virt_to_mfn((void *)si->pt_base);
     printk("linuxabi: hypercalls by syscall, no hypercall page\n");
-    if (!strcmp(si->cmd_line, "xsave") || !strcmp(si->cmd_line, "hcalls")) {
+    if (!strcmp(si->cmd_line, "xsave") || !strcmp(si->cmd_line, "hcalls") || !strcmp(si->cmd_line, "dbreg")) {
         if (si->cmd_line[0] == 'x')
             run_xsave();
+        else if (si->cmd_line[0] == 'd')
+            run_dbreg();
         else
             run_hcalls(si);
         printk("linuxabi: %s\n", failures ? "FAILED" : "all ok");

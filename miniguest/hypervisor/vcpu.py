@@ -33,6 +33,7 @@ from miniguest.hypervisor.pv.traps import TrapEntry, software_interrupt, sysente
 from miniguest.hypervisor.ram import AddressSpace, GuestFault
 from miniguest.hypervisor.save import Fields, StateError
 from miniguest.hypervisor.unicorn_x86 import RegBatch, hook_rdtsc, hook_syscall_raw, read_exception_state
+from miniguest.hypervisor.x86.hw_breakpoints import HwBreakpoints
 from miniguest.hypervisor.x86.cpu import (CR0_GUEST, CR4_REAL, DR6_DEFAULT, DR7_DEFAULT, EFER_GUEST,
                                           EFLAGS_CLEAR_ON_BOUNCE, EFLAGS_DF, EFLAGS_IF, EFLAGS_IOPL,
                                           PV_CR4_GUEST_MASK)
@@ -66,6 +67,7 @@ SAVED_SPECIAL = ("trap_table", "gdt_frames", "vcpu_info_view", "vcpu_info_mfn", 
                  "time_info_guest", "tsc_aux")
 # Live objects and state that only exists inside a run slice or a hypercall (empty between slices).
 NOT_SAVED = ("domain", "id", "uc", "hc_regs", "gprs", "frame_regs", "aspace", "in_syscall_hook", "stop_reason",
+             "hw_bp",
              "in_multicall", "pending_intercepts")
 PAGE_SIZE = 4096
 
@@ -131,6 +133,7 @@ class Vcpu:
         self.intercepted: set[int] = set()
         self.timer = VcpuTimer(self)
         self.aspace = AddressSpace(mem)
+        self.hw_bp = HwBreakpoints(self)       # DR0-3/DR7 as hooks, derived from debugreg (re-armed)
         self._setup_cpu()
         self._install_hooks()
 
@@ -566,6 +569,7 @@ class Vcpu:
         self.ldt = (ldt[0], ldt[1])
         self.cr4_ctl = cr4_ctl
         self.debugreg = list(debugreg)
+        self.hw_bp.dirty = True
         self.xcr0 = xcr0
         for name, value in optional.items():
             setattr(self, name, value)
@@ -580,6 +584,7 @@ class Vcpu:
     def run_slice(self) -> None:
         """Run the guest until a hook or the clock stops it."""
         self.stop_reason = None
+        self.hw_bp.before_slice()
         begin = self.rip
         # A hook that stopped the CPU (block, pause, a deadline) leaves Unicorn's exception-in-progress state
         # set (a fetch fault at `until`): without this reset the guest's next fault becomes a #DF.

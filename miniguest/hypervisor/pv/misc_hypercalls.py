@@ -106,6 +106,8 @@ def set_debugreg_errno(vcpu: "Vcpu", dr: int, value: int) -> int:
         if not (value < (1 << 47) or value >= HYPERVISOR_VIRT_END):
             return -errno.EPERM
         regs[dr] = value
+        if regs[7] & DR7_ACTIVE_MASK:
+            vcpu.hw_bp.changed()
         return 0
     if dr in (4, 5) and vcpu.cr4_ctl & CR4_DE:
         return -errno.ENODEV
@@ -120,8 +122,13 @@ def set_debugreg_errno(vcpu: "Vcpu", dr: int, value: int) -> int:
         if value & DR7_GD:
             return -errno.EPERM
         if value & DR7_ACTIVE_MASK:
-            return -errno.EPERM                           # would arm a breakpoint: not modelled
-        regs[7] = (value & 0xFFFF2700 & ~DR7_GD) | DR7_DEFAULT
+            for i in range(4):
+                if (value >> (16 + 4 * i)) & 3 == 2 and not vcpu.cr4_ctl & CR4_DE:
+                    return -errno.EPERM                   # an I/O breakpoint needs CR4.DE
+        was_active = regs[7] & DR7_ACTIVE_MASK
+        regs[7] = (value & 0xFFFF27FF & ~DR7_GD) | DR7_DEFAULT
+        if was_active or regs[7] & DR7_ACTIVE_MASK:
+            vcpu.hw_bp.changed()                          # armed as hooks (x86/hw_breakpoints.py)
         return 0
     return -errno.ENODEV
 
