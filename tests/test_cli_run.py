@@ -23,6 +23,7 @@ def boot(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subpro
 
 
 # -- configuration values miniguest cannot honour yet ---------------------------------------------------------
+@pytest.mark.slow
 def test_vcpus_in_an_xl_config_is_warned_about_with_the_value_used(tmp_path):
     cfg = tmp_path / "smp.cfg"
     cfg.write_text(f'kernel = "{SELFTEST}"\nvcpus = 2\nextra = "reboot"\n')
@@ -35,6 +36,7 @@ def test_vcpus_in_an_xl_config_is_warned_about_with_the_value_used(tmp_path):
 
 
 # -- limits -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_max_time_bounds_an_idle_guest_and_says_which_limit_ended_the_run():
     # An hour of sleep costs a few thousand instructions: --max-insns cannot bound it, --max-time does.
     r = boot(SELFTEST, "-c", "sleep 3600000", "--max-insns", "10000000", "--max-time", "2", "--quiet")
@@ -58,6 +60,7 @@ def test_max_time_from_python():
 
 
 # -- signals ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_shows_the_unfinished_last_line_and_exits_143():
     """A guest that prints a prompt without a newline and busy-polls its ring (as GRUB does) never idles, so
     the prompt waits in the console merger; SIGTERM must still show it."""
@@ -95,6 +98,7 @@ def test_input_that_ends_then_a_prompt_is_hung():
     assert "echo: abc\n" in r.stdout.decode() and "standard input has ended" in err
 
 
+@pytest.mark.slow
 def test_a_prompt_is_not_hung_while_input_can_still_come(tmp_path):
     # An open pipe with --stdin: the user may still type. The run ends at the time limit, not as hung.
     p = subprocess.Popen(CLI + ["boot", SELFTEST, "-c", "echo prompt", "--stdin", "--max-time", "5"], cwd=ROOT,
@@ -113,6 +117,7 @@ def test_a_prompt_is_not_hung_while_input_can_still_come(tmp_path):
 
 
 # -- trace record is boot with a tracer ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_trace_record_feeds_stdin_and_writes_the_console_log(tmp_path):
     trace, log = tmp_path / "t.jsonl", tmp_path / "console.log"
     r = subprocess.run(CLI + ["trace", "record", SELFTEST, "-c", "echo", "--stdin", "-o", str(trace),
@@ -127,6 +132,7 @@ def test_trace_record_feeds_stdin_and_writes_the_console_log(tmp_path):
 
 
 # -- the ready file -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 @needs_xenstore_utils
 def test_ready_file_says_the_store_socket_listens(tmp_path):
     sock, ready = tmp_path / "xs.sock", tmp_path / "ready"

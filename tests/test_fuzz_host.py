@@ -33,6 +33,7 @@ def errors():
     logging.getLogger().removeHandler(handler)
 
 
+@pytest.mark.slow
 @pytest.mark.no_page_type_audit("the fuzz cases audit (and close) every domain they build themselves")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_fuzz_ci_subset(name, errors):

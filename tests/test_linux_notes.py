@@ -58,6 +58,7 @@ def test_p2m_at_init_p2m_and_unmapped_initrd(scramble):
         dom.close()
 
 
+@pytest.mark.slow
 def test_ramdisk_option_and_module_alias(tmp_path):
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(INITRD)

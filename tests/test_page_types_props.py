@@ -16,6 +16,8 @@ checked.
 MINIGUEST_PROPERTY_EXAMPLES=N runs N examples (default 30; the report's run used more)."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import struct
 
@@ -391,4 +393,4 @@ class PageTypeMachine(RuleBasedStateMachine):
 PageTypeMachine.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=30, deadline=None,
                                              suppress_health_check=[HealthCheck.too_slow,
                                                                     HealthCheck.filter_too_much])
-test_page_type_rules_hold_under_random_requests = PageTypeMachine.TestCase
+test_page_type_rules_hold_under_random_requests = pytest.mark.slow(PageTypeMachine.TestCase)   # property test

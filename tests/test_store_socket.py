@@ -62,6 +62,7 @@ def test_xen_tools_against_a_running_guest(running_guest):
     assert dom.state == "running"          # the guest idled throughout, serving the socket
 
 
+@pytest.mark.slow
 @needs_tools
 def test_miniguest_store_client(running_guest):
     dom, sock = running_guest

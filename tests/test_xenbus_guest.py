@@ -130,6 +130,7 @@ def test_host_requests_shutdown(request_: str, reason: str, exit_code: int) -> N
     assert "Periodic thread done" not in dom.console.text            # ticks=0: only the request ends it
 
 
+@pytest.mark.slow
 def test_cli_shutdown_request_over_the_store_socket(tmp_path: Any) -> None:
     """`miniguest boot --store-socket` + `miniguest store write control/shutdown reboot` -> exit 4."""
     sock = str(tmp_path / "xs.sock")

@@ -29,6 +29,7 @@ def _record(path, seed: str, *args: str) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_trace_files_are_byte_identical_across_processes(tmp_path):
     a = _record(tmp_path / "a.jsonl", "1", MINIOS, "-c", "ticks=1")
     b = _record(tmp_path / "b.jsonl", "4242", MINIOS, "-c", "ticks=1")

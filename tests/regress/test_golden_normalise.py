@@ -188,6 +188,7 @@ def test_pointer_kinds_follow_xens_prototypes():
     assert normalise(once, names)[0].data == once[0].data
 
 
+@pytest.mark.slow
 def test_cli_records_the_normal_form_and_diffs_it_against_the_repository_golden(tmp_path):
     from guestlib import cli
     run = tmp_path / "run.jsonl"

@@ -60,6 +60,7 @@ def test_xenstore_rule_by_path_from_the_python_api():
     assert (reply.data["dir"], reply.data["type"], reply.data["args"]) == ("reply", "ERROR", ["ENOENT"])
 
 
+@pytest.mark.slow
 def test_cli_inject_on_boot_and_trace_record(tmp_path):
     r = cli("boot", MINIOS, "--quiet", "--inject", "hypercall:event_channel_op:bind_virq:-ENOSPC@1")
     assert r.returncode == 3 and b"Traceback" not in r.stderr
