@@ -21,7 +21,8 @@ _spec.loader.exec_module(fuzz)
 
 SEED = 20261206
 # cases per target: chosen so that the whole module takes a few seconds
-CASES = {"elf": 30, "xlcfg": 150, "trace": 40, "xenstore": 60, "hypercall": 6, "gdb": 25, "cli": 30}
+CASES = {"elf": 30, "xlcfg": 150, "snapshot": 25, "trace": 40, "xenstore": 60, "hypercall": 6, "gdb": 25,
+         "cli": 30}
 pytestmark = pytest.mark.fuzz
 
 

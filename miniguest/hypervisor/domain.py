@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from miniguest.abi.memory import E820_RAM
 from miniguest.abi.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
-from miniguest.abi.xen import VMASST_TYPE_m2p_strict
+from miniguest.abi.xen import VMASST_TYPE_m2p_strict, VMASST_VALID_PV64
 from miniguest.hypervisor.common.event_channel import EventChannels
 from miniguest.hypervisor.common.grant_table import MAX_GRANT_FRAMES, GrantTable
 from miniguest.hypervisor.common.sched import rearm_watchdog
@@ -34,7 +34,9 @@ from miniguest.hypervisor.ram import MachineMemory
 from miniguest.hypervisor.save import Fields, StateError, latin1, pack_array, unlatin1, unpack_array
 from miniguest.hypervisor.vclock import RealtimeClock, VirtualClock
 from miniguest.hypervisor.vcpu import Vcpu
-from miniguest.hypervisor.x86.page_types import FrameTable, audit_domain
+from miniguest.hypervisor.pv.descriptor_tables import check_descriptor
+from miniguest.hypervisor.x86.page_types import (PGC_xen_heap, PGT_l1, PGT_l4, PGT_seg_desc, PGT_validated, FrameTable,
+                                                 audit_domain)
 from miniguest.hypervisor.x86.xen_area import XenArea, xen_frames_needed
 
 if TYPE_CHECKING:
@@ -518,14 +520,34 @@ class Domain:
         n = self.mem.nr_frames
         if f.int("nr_frames") != n:
             raise StateError(f"{f.obj['nr_frames']} machine frames, this configuration gives {n}")
+        # Xen's own frames (its page tables, the entry stub and stack, its GDT page, the zero page) are not the
+        # file's to choose: the CPU runs Xen's stub at CPL 0 and loads descriptors through them.
+        xen_frames = {mfn: bytes(self.mem.frame(mfn)) for mfn in self.xen.private_frames()}
+        fresh_gdt = list(self.xen.gdt_frames)
+        xen_heap = self.frames.frames_with_flag(PGC_xen_heap)
+        max_pages = self.max_pages
         self.mem.restore(memory_image)
+        for mfn, data in xen_frames.items():
+            self._check_xen_frame(mfn, data)
         self.frames.restore({name: sections.get(f"frames.{name}") for name in FrameTable.SECTIONS}, self.domid)
+        if self.frames.frames_with_flag(PGC_xen_heap) != xen_heap:
+            raise StateError("frames.flags marks other frames as Xen-heap pages than this domain has")
+        self._revalidate_restored_frames()
         for name in self.SAVED_FIELDS:
             setattr(self, name, f.int(name, 0, 1 << 40))
+        if self.vm_assist & ~VMASST_MASK_PV64:
+            raise StateError(f"domain.vm_assist {self.vm_assist:#x} enables assists Xen does not offer")
+        if self.max_pages != max_pages:
+            raise StateError(f"domain.max_pages {self.max_pages} differs from the configuration's {max_pages}")
+        owned = sum(1 for o in self.frames.owner.tolist() if o == self.domid) - len(xen_heap)
+        if owned != self.tot_pages or self.tot_pages > self.max_pages:
+            raise StateError(f"domain.tot_pages {self.tot_pages} does not match the {owned} frames the domain "
+                             f"owns (max_pages {self.max_pages})")
         self.grants.restore(f)
         p2m = unpack_array("Q", sections["p2m"], self.nr_pages, "p2m")
-        if any(m != INVALID_P2M and m >= n for m in p2m):
-            raise StateError("the p2m maps outside machine memory")
+        owner = self.frames.owner
+        if any(m != INVALID_P2M and (m >= n or owner[m] != self.domid) for m in p2m):
+            raise StateError("the p2m maps frames outside the domain's memory")
         self.p2m = array("Q", p2m)
         state = f.str("state")
         if state not in SAVABLE_STATES:
@@ -548,8 +570,13 @@ class Domain:
         vcpus = record.list("vcpus", 32)
         if len(vcpus) != len(self.vcpus):
             raise StateError(f"{len(vcpus)} vCPUs, the rebuilt domain has {len(self.vcpus)}")
+        # The GDT mapping is Xen's: rebuilt from the vCPU's frames (pv_set_gdt); the file's list must agree.
+        saved_gdt = list(self.xen.gdt_frames)
+        self.xen.restore_gdt(fresh_gdt, "the rebuilt domain's GDT")
         for v, data in zip(self.vcpus, vcpus):
             v.restore(Fields(data, f"vcpus[{v.id}]"))
+        if self.xen.gdt_frames != saved_gdt:
+            raise StateError("domain.xen_gdt_frames do not map the vCPU's GDT frames")
         self.clock.restore(record.sub("clock"))          # after the vCPUs' re-entry, which counted
         self._restore_timers(record.list("timers", 1 << 16))
         for wid in f.ints("watchdogs", 1, 2, 2):
@@ -561,6 +588,48 @@ class Domain:
             raise StateError(f"the page-type state does not add up: {problems[0]}")
         for v in self.vcpus:
             v.flush_tlb()
+
+    def _check_xen_frame(self, mfn: int, fresh: bytes) -> None:
+        """A restored frame of Xen's must hold what Xen wrote there; its page tables may differ only in the
+        accessed/dirty bits the CPU sets (the guest can read the M2P's through a linear mapping, so they
+        stay as saved). Xen's stack is Xen's scratch: it gets this build's start-of-day frame back."""
+        view = self.mem.frame(mfn)
+        if mfn == self.xen.stack_mfn:
+            view[:] = fresh
+            return
+        saved = bytes(view)
+        if saved == fresh:
+            return
+        xen = self.xen
+        if mfn in (xen.pd_l3, xen.pd_l2, xen.pd_l1, xen.m2p_l3, xen.m2p_l2):
+            a, b = array("Q", saved), array("Q", fresh)
+            # (the per-domain L1's first 16 entries map the GDT: rewritten from the vCPU's frames on restore)
+            skip = 16 if mfn == xen.pd_l1 else 0
+            if all((x ^ y) & ~0x60 == 0 for x, y in zip(a[skip:], b[skip:])):
+                return
+        raise StateError(f"Xen's frame {mfn:#x} does not hold what Xen wrote there")
+
+    def _revalidate_restored_frames(self) -> None:
+        """What a file cannot be trusted with in the frame table, before anything runs on it: every referenced
+        L4 gets Xen's slots as Xen's validation writes them (only the M2P slot's presence is the guest's, by
+        m2p_strict); every referenced descriptor page holds only descriptors Xen's check_descriptor would have
+        stored; a page table nobody references loses PGT_validated, so its next use validates it again. Whether the
+        references add up is the audit's (at the end of restore)."""
+        frames = self.frames
+        types, counts = frames.type.tolist(), frames.count.tolist()
+        for mfn in range(frames.nr_frames):
+            if not counts[mfn]:
+                if PGT_l1 <= types[mfn] <= PGT_l4:      # (Xen devalidates a table losing its last reference)
+                    frames.flags[mfn] &= ~PGT_validated & 0xFF
+            elif types[mfn] == PGT_l4:
+                self.xen.install_l4_slots(mfn, ro_mpt=bool(self.mem.read_u64((mfn << 12) + 256 * 8)))
+            elif types[mfn] == PGT_seg_desc:
+                base = mfn << 12
+                for i in range(512):
+                    d = self.mem.read_u64(base + 8 * i)
+                    if check_descriptor(d) != d:
+                        raise StateError(f"descriptor page {mfn:#x} entry {i} holds a descriptor Xen's "
+                                         "check_descriptor refuses or would change")
 
     def _restore_timers(self, items: list) -> None:
         self.watchdogs = {}
@@ -579,6 +648,7 @@ class Domain:
 
 
 INVALID_P2M = (1 << 64) - 1
+VMASST_MASK_PV64 = sum(1 << t for t in VMASST_VALID_PV64)     # Xen's arch_vm_assist_valid_mask for PV
 
 
 def _key_to_json(key: Any) -> Any:

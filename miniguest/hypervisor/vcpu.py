@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Optional
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_MODE_64,
@@ -38,6 +39,8 @@ from miniguest.hypervisor.x86.cpu import (CR0_GUEST, CR4_REAL, DR6_DEFAULT, DR7_
                                           EFLAGS_CLEAR_ON_BOUNCE, EFLAGS_DF, EFLAGS_IF, EFLAGS_IOPL,
                                           PV_CR4_GUEST_MASK)
 from miniguest.hypervisor.x86.xstate import load_xcr0, valid_xcr0, xcr0_max
+from miniguest.hypervisor.x86 import vcpu_context
+from miniguest.hypervisor.x86.page_types import PGT_l4, PGT_seg_desc, PGT_validated, PGT_writable
 from miniguest.hypervisor.x86.xen_area import ENTRY_STUB_VA, GDT_VIRT_START, HV_STACK_VA, NEVER_EXECUTED_VA
 
 if TYPE_CHECKING:
@@ -553,13 +556,17 @@ class Vcpu:
         if state["started"] and regs["cr3"] >> 12 not in (state["guest_table"], state["guest_table_user"]):
             raise StateError(f"{where}.regs.cr3 is not one of the vCPU's page tables")
         intercepted = f.ints("intercepted", limit=1 << 16)
-        # Xen's guest-context checks (arch_set_info_guest) belong here: everything above is parsed and checked
-        # for form, nothing is applied yet.
+        # Xen's guest-context checks (arch_set_info_guest, x86/vcpu_context.py) on everything parsed above,
+        # before anything is applied: nothing in a file may put the guest anywhere a running PV vCPU cannot be.
+        self._check_saved_context(where, state, regs, table, gdt_frames, vcpu_info_mfn, compat_callbacks,
+                                  (ldt[0], ldt[1]), debugreg, cr4_ctl)
 
         for name, value in state.items():
             setattr(self, name, value)
         self.trap_table = table
         self.gdt_frames = gdt_frames
+        if self.id == 0:
+            dom.xen.set_guest_gdt(gdt_frames)         # Xen's GDT mapping follows the vCPU's frames (pv_set_gdt)
         self.vcpu_info_view = dom.mem.frame(vcpu_info_mfn) if vcpu_info_mfn is not None else None
         if vcpu_info_mfn is not None:
             self.vcpu_info_mfn = vcpu_info_mfn
@@ -579,6 +586,52 @@ class Vcpu:
         for addr in intercepted:
             self.pending_intercepts.append((addr, 1, [addr]))
         self.install_intercepts()
+
+    def _check_saved_context(self, where: str, state: dict, regs: dict, table: list, gdt_frames: list[int],
+                             vcpu_info_mfn: Optional[int], compat_callbacks: dict, ldt: tuple[int, int],
+                             debugreg: list[int], cr4_ctl: int) -> None:
+        """Refuse (StateError) a saved vCPU state that Xen would refuse as a vCPU context, or that no running PV
+        vCPU can be in: privileged selectors or RFLAGS, non-canonical addresses, page-table bases that are not
+        validated L4 tables of the domain, GDT frames without their descriptor type, a vcpu_info frame without
+        a writable type, registers of a vCPU not started yet other than start-of-day's."""
+        dom = self.domain
+        frames = dom.frames
+        if not state["started"]:
+            # Never entered: its registers are the start-of-day ones this rebuilt vCPU holds now (they point
+            # at Xen's entry stub, at CPL 0; the guest's entry frame is on Xen's stack).
+            fresh = vcpu_regs.save(self)
+            for name in ("rip", "rsp", "rflags", "cs", "ss", "ds", "es", "fs", "gs", "cr0", "cr3", "cr4", "efer",
+                         "fs_base", "gs_base", "kernel_gs_base"):
+                if regs[name] != fresh[name]:
+                    raise StateError(f"{where}.regs.{name} of a vCPU that never ran is not start-of-day's")
+        parsed = SimpleNamespace(**state, id=self.id, trap_table=table, gdt_frames=gdt_frames, ldt=ldt,
+                                 debugreg=debugreg, compat_callbacks=compat_callbacks, cr4_ctl=cr4_ctl)
+        problem = vcpu_context.check_pv_state(parsed, regs, dom.vm_assist)
+        if problem:
+            raise StateError(f"{where}: {problem}")
+
+        def typed(mfn: int, t: int) -> bool:
+            return frames.type[mfn] == t and frames.count[mfn] > 0 and bool(frames.flags[mfn] & PGT_validated)
+        for name in ("guest_table", "guest_table_user"):
+            if state[name] and not typed(state[name], PGT_l4):
+                raise StateError(f"{where}.pv.{name} {state[name]:#x} is not a validated L4 table of the domain "
+                                 "(Xen's get_page_type(PGT_root_page_table))")
+        if state["started"]:
+            if not state["guest_table"]:
+                raise StateError(f"{where} has no kernel page table")
+            if not state["kernel_mode"] and not state["guest_table_user"]:
+                raise StateError(f"{where} is in user mode without a user page table")
+            want = state["guest_table"] if state["kernel_mode"] else state["guest_table_user"]
+            if regs["cr3"] >> 12 != want or regs["cr3"] & 0xFFF:
+                raise StateError(f"{where}.regs.cr3 is not the {'kernel' if state['kernel_mode'] else 'user'} "
+                                 "page table of its mode")
+        for mfn in gdt_frames:
+            if not typed(mfn, PGT_seg_desc):
+                raise StateError(f"{where}.pv.gdt_frames: {mfn:#x} does not have the descriptor-page type")
+        if len(gdt_frames) != (state["gdt_ents"] + 511) // 512:
+            raise StateError(f"{where}.pv.gdt_frames do not match gdt_ents {state['gdt_ents']}")
+        if vcpu_info_mfn is not None and not typed(vcpu_info_mfn, PGT_writable):
+            raise StateError(f"{where}.pv.vcpu_info_mfn {vcpu_info_mfn:#x} does not hold a writable type")
 
     # -- running ------------------------------------------------------------------------------------------
     def run_slice(self) -> None:

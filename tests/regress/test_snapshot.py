@@ -153,13 +153,13 @@ def test_xenstore_connection_state_is_restored():
     conn.add_watch(b"device", b"tok")
     tx = conn.start_transaction()
     daemon.store.write(conn, f"/local/domain/{dom.domid}/data/x", b"in-tx", tx)
-    dom.store.write("/tool/y", "outside")
+    dom.store.write(f"/local/domain/{dom.domid}/tool-y", "outside")     # dom0, in the domain's home
     restored = Snapshot.capture(dom).restore()
     rconn = restored.xenstored.domains[restored.domid]
     assert [(w.path, w.token, w.prefix_len) for w in rconn.watches] == \
         [(w.path, w.token, w.prefix_len) for w in conn.watches]
     assert list(rconn.transactions) == [tx.id] and rconn._next_tx_id == conn._next_tx_id
-    assert restored.store.read("/tool/y") == b"outside"
+    assert restored.store.read(f"/local/domain/{dom.domid}/tool-y") == b"outside"
     assert not restored.store.exists("/local/domain/1/data/x")            # still only inside the transaction
     assert restored.xenstored.store.generation == daemon.store.generation
     restored.xenstored.store.commit(rconn.transactions[tx.id])
@@ -185,7 +185,7 @@ def test_debug_and_cr4_state_is_carried():
     v = dom.vcpus[0]
     v.cr4_ctl = cpu_defs.CR4_DE
     v.debugreg[0] = 0x1234000
-    v.debugreg[7] = 0x400 | (1 << 13)
+    v.debugreg[7] = 0x400 | (1 << 9)                     # GE: a value set_debugreg accepts
     snap = Snapshot.from_bytes(Snapshot.capture(dom).to_bytes())
     r = snap.restore().vcpus[0]
     assert (r.cr4_ctl, r.debugreg) == (cpu_defs.CR4_DE, v.debugreg)
@@ -221,11 +221,11 @@ def test_a_page_type_state_that_does_not_add_up_is_refused():
     l4 = dom.vcpus[0].guest_table
     shared = dom.xen.shared_info_mfn
     cases = [(lambda a: a["count"].__setitem__(l4, a["count"][l4] + 1), "count"),
-             (lambda a: a["type"].__setitem__(l4, 7), "type|writable|references"),
+             (lambda a: a["type"].__setitem__(l4, 7), "type|writable|references|not a validated L4"),
              (lambda a: (a["count"].__setitem__(shared, 0), a["type"].__setitem__(shared, 0)), "count|type")]
     for change, message in cases:
         bad = _with_frames(Snapshot.capture(dom), change)
-        with pytest.raises(SnapshotError, match="page-type state does not add up.*(" + message + ")"):
+        with pytest.raises(SnapshotError, match="(page-type state does not add up|guest_table).*(" + message + ")"):
             bad.restore()
     assert Snapshot.capture(dom).restore().state == dom.state
 

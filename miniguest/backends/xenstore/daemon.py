@@ -21,6 +21,7 @@ from .errors import XenstoreError
 from .paths import SPECIAL_INTRODUCE, SPECIAL_RELEASE
 from .perms import Perm
 from .populate import populate_domain
+from . import restorecheck
 from .quotas import Quotas
 from .ring import RingConnection
 from .store import Node, Store
@@ -163,14 +164,32 @@ class XenstoreDaemon:
                     connection=conn.save() if conn is not None else None)
 
     def restore_domain(self, domid: int, f: Fields) -> None:
-        self.quotas.restore(f.sub("quotas"))
-        self.store.restore(f)
+        """Take back save_domain(domid) for the domain this toolstack rebuilt. The file is untrusted: its
+        quotas must be this daemon's (dom0's configuration), and its tree and connection may only differ from
+        what the toolstack built in ways the domain itself could have caused (restorecheck.py). Nothing is
+        installed unless all of it passes."""
+        saved_quotas = Quotas()
+        saved_quotas.restore(f.sub("quotas"))
+        if saved_quotas != self.quotas:
+            raise StateError(f"{f.where}.quotas differ from this xenstored's (dom0 sets them, not a snapshot)")
+        nodes, generation = Store.parse_saved(f)
+        if domid != 0:
+            problem = restorecheck.check_tree(domid, self.store.nodes, nodes, self.quotas)
+            if problem:
+                raise StateError(f"{f.where}: {problem}")
+            nodes = restorecheck.merged(self.store.nodes, nodes)
         conn = self.domains.get(domid)
         conn_data = f.obj.get("connection")
         if (conn_data is None) != (conn is None):
             raise StateError("the xenstore connection of the domain does not match")
         if conn is not None:
             conn.restore(Fields(conn_data, f"{f.where}.connection"))
+            if not conn.privileged:
+                problem = restorecheck.check_connection(conn, nodes, self.quotas)
+                if problem:
+                    conn.drop_state()
+                    raise StateError(f"{f.where}.connection: {problem}")
+        self.store.install_saved(nodes, max(generation, self.store.generation))
 
     # -- host side ---------------------------------------------------------------------------------------
     def listen_unix(self, path: str, loop: "HostLoop") -> None:

@@ -412,15 +412,26 @@ class Store:
         return {"generation": self.generation, "nodes": [[name, node.save()] for name, node in self.nodes.items()]}
 
     def restore(self, f: Fields) -> None:
+        nodes, generation = self.parse_saved(f)
+        self.install_saved(nodes, generation)
+
+    @staticmethod
+    def parse_saved(f: Fields) -> tuple[dict[str, Node], int]:
+        """The nodes and generation counter of a save(), checked for form only."""
         nodes: dict[str, Node] = {}
         for i, item in enumerate(f.list("nodes", 1 << 22)):
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
                 raise StateError(f"{f.where}.nodes[{i}] must be [path, node]")
+            if item[0] in nodes:
+                raise StateError(f"{f.where}.nodes[{i}]: {item[0][:80]!r} appears twice")
             nodes[item[0]] = Node.from_saved(item[1], f"{f.where}.nodes[{i}]")
         if "/" not in nodes:
             raise StateError(f"{f.where} has no root node")
-        self.nodes = nodes
-        self.generation = f.int("generation")
+        return nodes, f.int("generation")
+
+    def install_saved(self, nodes: dict[str, Node], generation: int) -> None:
+        self.nodes = dict(nodes)
+        self.generation = max(generation, max((n.generation for n in nodes.values()), default=0))
         self.node_counts = {}
         for node in nodes.values():
             self.node_counts[node.owner] = self.node_counts.get(node.owner, 0) + 1

@@ -148,6 +148,10 @@ class Dom0Evtchn:
         rec = self._ports.get(local_port)
         return rec is not None and rec.domid == domid and rec.guest_port == guest_port
 
+    def guest_ports(self, domid: int) -> list[tuple[int, Optional[int]]]:
+        """(our local port, the guest port it is connected to or None) for our ends toward `domid`."""
+        return [(local, rec.guest_port) for local, rec in sorted(self._ports.items()) if rec.domid == domid]
+
     # -- saved state: dom0's ends toward one domain (the callbacks are the backends', bound anew) ----------
     def save(self, domid: int) -> list[list]:
         return [[local, rec.guest_port] for local, rec in sorted(self._ports.items()) if rec.domid == domid]
@@ -465,7 +469,22 @@ class EventChannels:
                 raise StateError(f"{f.where}.ports[{i}] is out of range")
             ports[port] = Port(state, vcpu, rdom, rport, virq)
             if state == EVTCHNSTAT_virq:
+                # (bind_virq's rules: a known VIRQ, global ones on vCPU 0, one port per VIRQ and vCPU)
+                if not 0 <= virq < NR_VIRQS or (virq not in PER_VCPU_VIRQS and vcpu != 0) or (vcpu, virq) in virqs:
+                    raise StateError(f"{f.where}.ports[{i}] binds VIRQ {virq} as bind_virq never would")
                 virqs[(vcpu, virq)] = port
+            elif state not in (EVTCHNSTAT_closed, EVTCHNSTAT_unbound, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi):
+                raise StateError(f"{f.where}.ports[{i}] has state {state}: bindings this domain cannot make")
+        # A connection is made by both ends: one to a domain other than dom0 and this one (loopback) would let
+        # the restored guest signal a domain that never agreed to it.
+        for port, p in ports.items():
+            if p.state != EVTCHNSTAT_interdomain or p.remote_dom == 0:
+                continue
+            peer = ports.get(p.remote_port)
+            if p.remote_dom != domain.domid or peer is None or peer.state != EVTCHNSTAT_interdomain \
+                    or (peer.remote_dom, peer.remote_port) != (domain.domid, port):
+                raise StateError(f"port {port} is connected to d{p.remote_dom} port {p.remote_port}, which is "
+                                 "not its peer")
         self.ports = ports
         self.virq_ports = virqs
         dom0 = domain.dom0_evtchn
@@ -474,6 +493,11 @@ class EventChannels:
             if p.state == EVTCHNSTAT_interdomain and p.remote_dom == 0 \
                     and not dom0.is_peer(domain.domid, p.remote_port, port):
                 raise StateError(f"port {port} is connected to a dom0 port that is not its peer")
+        for local, guest in dom0.guest_ports(domain.domid):
+            p = ports.get(guest) if guest is not None else None
+            if guest is not None and (p is None or p.state != EVTCHNSTAT_interdomain
+                                      or (p.remote_dom, p.remote_port) != (0, local)):
+                raise StateError(f"dom0 port {local} is connected to guest port {guest}, which is not its peer")
         for vcpu_id, virq in virqs:
             if virq == VIRQ_TIMER:
                 # Bound, as before the save; the periodic timer itself comes back with the timer queue.

@@ -150,6 +150,12 @@ class XenArea:
             raise StateError(f"{where} has the wrong length")
         self.gdt_frames[:] = frames
 
+    def private_frames(self) -> list[int]:
+        """The frames only Xen writes: its page tables, the entry stub and its stack, its GDT page and the zero
+        page (not shared_info or the M2P's entries, which the guest sets through hypercalls)."""
+        return [self.zero_mfn, self.gdt_xen_mfn, self.stub_mfn, self.stack_mfn, self.pd_l3, self.pd_l2,
+                self.pd_l1, self.m2p_l3, self.m2p_l2]
+
     def install_l4_slots(self, l4_mfn: int, ro_mpt: bool = True) -> None:
         """Xen's init_xen_l4_slots: every Xen slot written, the M2P slot only if `ro_mpt`."""
         base = l4_mfn << 12
