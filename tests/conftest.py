@@ -21,17 +21,28 @@ from miniguest.hypervisor.x86.page_types import audit_domain
 
 pytest_plugins = ["pytester"]
 
-# Every domain created in this test process, in order (a test's share is found by index), and those whose
-# snapshot restore failed: they are closed and never handed out, half-restored by design.
+# The domains the running test created, in order, and those whose snapshot restore failed: they are closed
+# and never handed out, half-restored by design. A test that creates many (a Hypothesis test builds one per
+# example) has the older ones audited as they drop out of a short window, so memory stays bounded.
 _CREATED: list[Domain] = []
 _FAILED_RESTORE: list[Domain] = []
+_EARLY_PROBLEMS: list[str] = []
+_KEEP = 8
 _original_create_domain = Host.create_domain
 _original_restore = Domain.restore
+
+
+def _problems(domain: Domain) -> list[str]:
+    if any(domain is f for f in _FAILED_RESTORE):
+        return []
+    return [f"d{domain.domid} {domain.name!r}: {p}" for p in audit_domain(domain)[:5]]
 
 
 def _recording_create_domain(self: Host, *args, **kwargs) -> Domain:
     domain = _original_create_domain(self, *args, **kwargs)
     _CREATED.append(domain)
+    if len(_CREATED) > _KEEP:
+        _EARLY_PROBLEMS.extend(_problems(_CREATED.pop(0)))
     return domain
 
 
@@ -55,14 +66,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     Domain.restore = _original_restore               # type: ignore[method-assign]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    item.stash[_FIRST] = len(_CREATED)              # before any fixture of this test builds a domain
-
-
-_FIRST = pytest.StashKey[int]()
-
-
 def _domains_in(value: object, depth: int = 0) -> list[Domain]:
     if isinstance(value, Domain):
         return [value]
@@ -77,15 +80,15 @@ def page_type_audit(request: pytest.FixtureRequest):
     type counts recount, and nothing the guest can reach maps a page table or a Xen frame writable or a
     frame the domain neither owns nor has mapped by grant (page_types.audit_domain)."""
     yield
-    first = request.node.stash.get(_FIRST, len(_CREATED))
-    domains = list(_CREATED[first:])
-    failed = list(_FAILED_RESTORE)
+    domains = list(_CREATED)
+    early = list(_EARLY_PROBLEMS)
+    if not request.node.get_closest_marker("no_page_type_audit"):
+        for value in getattr(request.node, "funcargs", {}).values():
+            domains += [d for d in _domains_in(value) if not any(d is e for e in domains)]
+        problems = early + [p for d in domains for p in _problems(d)]
+    else:
+        problems = []
     _CREATED.clear()                                  # the audit keeps no domain alive past its test
     _FAILED_RESTORE.clear()
-    if request.node.get_closest_marker("no_page_type_audit"):
-        return
-    for value in getattr(request.node, "funcargs", {}).values():
-        domains += [d for d in _domains_in(value) if d not in domains]
-    domains = [d for d in domains if not any(d is f for f in failed)]
-    problems = [f"d{d.domid} {d.name!r}: {p}" for d in domains for p in audit_domain(d)[:5]]
+    _EARLY_PROBLEMS.clear()
     assert not problems, "page-type audit:\n" + "\n".join(problems[:20])
