@@ -120,6 +120,8 @@ void guest_main(struct start_info *start)
         run_hostile();
     } else if (is("gntcopy")) {
         run_gntcopy();
+    } else if (is("ptwr")) {
+        run_ptwr();
     } else if (is("balloon")) {
         run_balloon();
     } else if (is("minigaps")) {

@@ -14,6 +14,7 @@ void run_badptr(void);
 void run_mmu(void);
 void run_hostile(void);
 void run_gntcopy(void);
+void run_ptwr(void);
 void run_balloon(void);
 void run_usermode(void);
 void run_evtchn(void);

@@ -33,7 +33,7 @@ KIND_ALIASES: dict[str, frozenset[str]] = {
     "events": frozenset({"event", "upcall"}),
     "upcalls": frozenset({"upcall"}),
     "timers": frozenset({"timer"}),
-    "privops": frozenset({"privop"}),
+    "privops": frozenset({"privop", "ptwr"}),
     "console": frozenset({"console"}),
 }
 KIND_ALIASES.update({k: frozenset({k}) for k in ALL_KINDS})
@@ -208,6 +208,11 @@ class TraceFormatter:
         text = f"emulated at {self.where(rip)}"
         insn = self.insn_at(d.get("vcpu", 0), rip)
         return text + (f": {insn}" if insn else f" ({d.get('insn')})")
+
+    def _fmt_ptwr(self, d: dict[str, Any]) -> str:
+        rip = d.get("rip")
+        insn = self.insn_at(d.get("vcpu", 0), rip)
+        return f"page-table store emulated at {self.where(rip)}" + (f": {insn}" if insn else f" ({d.get('insn')})")
 
     def _fmt_idle(self, d: dict[str, Any]) -> str:
         return f"all vCPUs blocked: time jumps to {d.get('until')} ns"

@@ -20,6 +20,7 @@ Record kinds and their fields:
   xenstore   dir ("request" | "reply" | "event"), domid, type (e.g. "READ"), req_id, tx_id, args [str]
   inject     target ("hypercall" | "event" | "xenstore"), rule, and what was injected (miniguest.regress)
   privop     vcpu, rip, insn (hex bytes)
+  ptwr       vcpu, rip, insn (hex bytes): a store to one of the guest's L1 tables, emulated
   idle       until (ns)
   shutdown   reason          crash  why          log  message
 Other layers may emit further kinds; consumers must ignore kinds and fields they do not know.
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from miniguest.hypervisor.host import Domain, Vcpu
 
 TRACE_FORMAT_VERSION = 1
-ALL_KINDS = frozenset({"hypercall", "exception", "upcall", "event", "timer", "console", "privop", "idle",
+ALL_KINDS = frozenset({"hypercall", "exception", "upcall", "event", "timer", "console", "privop", "ptwr", "idle",
                        "shutdown", "crash", "log", "xenstore", "inject"})
 
 
@@ -128,7 +129,7 @@ class Tracer:
 
     # -- the interception interface (hypervisor/intercept.py) -----------------------------------------------
     def on_trace(self, kind: str, fields: dict[str, Any]) -> None:
-        if kind == "privop" and "insn" in fields:
+        if kind in ("privop", "ptwr") and "insn" in fields:
             fields = dict(fields, insn=bytes(fields["insn"]).hex())
         elif kind == "exception" and self.wants(kind):
             fields = dict(fields, site=self.domain.symbolize(fields.get("rip")))

@@ -30,6 +30,7 @@ from miniguest.hypervisor.crash import GuestCrash
 from miniguest.hypervisor.hypercall import dispatch
 from miniguest.hypervisor.pv import emul_priv_op as privop
 from miniguest.hypervisor.pv.emul_inv_op import emulate_invalid_op
+from miniguest.hypervisor.pv.ro_page_fault import pv_ro_page_fault
 from miniguest.hypervisor.pv.traps import TrapEntry, software_interrupt, sysenter_entry
 from miniguest.hypervisor.ram import AddressSpace, GuestFault
 from miniguest.hypervisor.save import Fields, StateError
@@ -396,6 +397,8 @@ class Vcpu:
             software_interrupt(self, intno, rip)
         elif intno == TRAP_gp_fault and privop.emulate_gp(self, rip, error_code):
             pass
+        elif intno == TRAP_page_fault and pv_ro_page_fault(self, rip, error_code):
+            pass                                      # a store to one of its L1 tables, emulated (ptwr)
         else:
             cr2 = None
             if intno == TRAP_page_fault:

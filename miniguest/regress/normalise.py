@@ -95,6 +95,7 @@ ANY_DECODED = {"fault": ADDR}            # a decoder met an unmapped pointer: th
 RECORD_KINDS: dict[str, dict[str, str]] = {
     "exception": {"rip": ADDR, "cr2": ADDR},
     "privop": {"rip": ADDR},
+    "ptwr": {"rip": ADDR},
 }
 
 

@@ -95,6 +95,7 @@ def _event(records: Sequence[TraceRecord], i: int, rec: TraceRecord) -> Optional
         "timer": lambda: f"timer ({d.get('timer')})",
         "inject": lambda: f"inject {d.get('target')}: {d.get('rule')}",
         "privop": lambda: "privileged instruction emulated",
+        "ptwr": lambda: "page-table store emulated",
         "shutdown": lambda: f"shutdown ({d.get('reason')})",
         "crash": lambda: "domain crashed",
         "log": lambda: f"log: {str(d.get('message'))[:60]}",

@@ -388,6 +388,20 @@ class FrameTable:
         if old & _PAGE_PRESENT:
             self.put_entry_ref(old, level, table_mfn)
 
+    def ptwr_update(self, table_mfn: int, index: int, new: int, domid: int) -> None:
+        """An emulated store into L1 table `table_mfn` (ro_page_fault.py, Xen's ptwr_emulated_update): the
+        new entry is checked as get_page_from_l1e checks it and adjusted (adjust_guest_l1e), written as the
+        guest gave it (no preserve_ad, no fast path), then the old entry's references are dropped."""
+        ma = (table_mfn << 12) + index * 8
+        mv = self.mem.mv
+        old = _ENTRY.unpack_from(mv, ma)[0]
+        if new & _PAGE_PRESENT:
+            self.get_page_from_l1e(new, domid)
+            new = adjust_guest_entry(new, PGT_l1)
+        _ENTRY.pack_into(mv, ma, new)
+        if old & _PAGE_PRESENT:
+            self.put_entry_ref(old, PGT_l1, table_mfn)
+
     # -- pinning: MMUEXT_PIN_Ln_TABLE / MMUEXT_UNPIN_TABLE --------------------------------------------------
     def pin(self, mfn: int, t: int, domid: int) -> None:
         if not self.owned_by(mfn, domid):
