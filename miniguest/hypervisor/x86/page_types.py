@@ -67,6 +67,7 @@ PGT_pinned = 0x02
 PGC_xen_heap = 0x04
 FLAG_BITS = PGT_validated | PGT_pinned | PGC_xen_heap
 
+_FILL_CHUNK = 1 << 15            # frames per slice when filling the owner array
 TYPE_COUNT_MAX = 0xFFFFFFFF      # our PGT_count_mask: one more reference is refused as an overflow (-EINVAL)
 LINEAR_MAX = 0x7FFF              # linear_pt_count is an int16_t in Xen too
 PADDR_MASK = (1 << 52) - 1
@@ -131,7 +132,7 @@ class FrameTable:
         self.mem = mem
         self.nr_frames = n
         self.owner = _zeroed("h", n)
-        self.owner[:] = array("h", [OWNER_NONE]) * n
+        self.assign_range(0, n, OWNER_NONE)
         self.type = _zeroed("B", n)
         self.count = _zeroed("I", n)
         self.flags = _zeroed("B", n)
@@ -192,8 +193,12 @@ class FrameTable:
         self.linear[mfn] = 0
 
     def assign_range(self, first: int, end: int, owner: int) -> None:
-        """assign() for the fresh frames [first, end) (at domain construction)."""
-        self.owner[first:end] = array("h", [owner]) * (end - first)
+        """assign() for the fresh frames [first, end) (at domain construction), a chunk at a time: no
+        temporary as large as the range."""
+        chunk = array("h", [owner]) * min(_FILL_CHUNK, max(end - first, 0))
+        for start in range(first, end, _FILL_CHUNK):
+            stop = min(end, start + _FILL_CHUNK)
+            self.owner[start:stop] = chunk[:stop - start]
 
     def release(self, mfn: int) -> None:
         """The frame goes back to the free pool."""
