@@ -6,7 +6,8 @@ Xen gives dom0 its libraries over hypercalls; here they are the methods of `Host
     libxenctrl (domctl)       create_domain, destroy_domain, domain, pause_domain, unpause_domain,
                               domain_state, on_domain_exit, get_vcpu_context, set_vcpu_context
     libxenforeignmemory       map_foreign
-    libxengnttab              map_grant_ref, unmap_grant_ref (a backend mapping a frontend's grant)
+    libxengnttab              map_grant_ref, unmap_grant_ref (a backend mapping a frontend's grant),
+                              grant_copy (GNTTABOP_copy: copying to/from a frontend's grants)
     libxenevtchn              evtchn: Dom0Evtchn (bind_interdomain, alloc_unbound, notify, unbind)
 
 and the objects they hand out: the `Domain` (Xen's struct domain: run it, read its state, save/restore it)
@@ -18,7 +19,7 @@ inside; import-linter (pyproject.toml) keeps the layers above from importing it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, NamedTuple, Optional, TypeVar, Union
 
 from miniguest.hypervisor.common.event_channel import Dom0Evtchn, EvtchnError
 from miniguest.hypervisor.common.grant_table import GrantError, map_for_dom0, unmap_for_dom0
@@ -33,7 +34,8 @@ from miniguest.hypervisor.vcpu import Vcpu
 from miniguest.hypervisor.vcpu_regs import save as _save_registers
 from miniguest.hypervisor.x86.page_types import PGT_l1, PGT_l4, PGT_writable, PageTypeError
 
-__all__ = ["Host", "GrantMapping", "VcpuContext", "Domain", "DomainConfig", "Vcpu", "AddressSpace", "HostLoop",
+__all__ = ["Host", "GrantMapping", "GrantRef", "GrantCopySegment", "VcpuContext", "Domain", "DomainConfig",
+           "Vcpu", "AddressSpace", "HostLoop",
            "Dom0Evtchn", "EvtchnError", "GrantError", "GuestFault", "PageTypeError", "Symbolizer", "NO_SYMBOLS",
            "Hypercall", "HypercallTable", "HYPERCALLS", "CREATED", "RUNNING", "PAUSED", "SHUTDOWN", "CRASHED",
            "BUDGET", "HUNG", "STOPPED", "FINAL_STATES", "on_sigint"]
@@ -64,6 +66,28 @@ class GrantMapping:
     def __init__(self, domid: int, ref: int, readonly: bool, mfn: int, view: memoryview) -> None:
         self.domid, self.ref, self.readonly, self.mfn = domid, ref, readonly, mfn
         self.view: Optional[memoryview] = view
+
+
+class GrantRef(NamedTuple):
+    """One side of a grant copy in another domain: `offset` bytes into the frame `domid` granted as `ref`."""
+    domid: int
+    ref: int
+    offset: int = 0
+
+
+@dataclass
+class GrantCopySegment:
+    """One GNTTABOP_copy operation (xengnttab_grant_copy_segment_t): `len` bytes from `source` to `dest`, each
+    a grant of another domain (GrantRef) or a buffer of dom0's (source: bytes-like, dest: a writable buffer,
+    from its start). `status` is set to Xen's GNTST_* for the operation."""
+    len: int
+    source: Union[GrantRef, bytes, bytearray, memoryview]
+    dest: Union[GrantRef, bytearray, memoryview]
+    status: int = 0
+
+
+GNTST_bad_copy_arg = -10
+_PAGE = 4096
 
 
 class Host:
@@ -172,6 +196,45 @@ class Host:
         dom = self.domains.get(mapping.domid)
         if dom is not None:
             unmap_for_dom0(dom, mapping.ref, mapping.readonly)
+
+    def grant_copy(self, segments: "list[GrantCopySegment]") -> None:
+        """GNTTABOP_copy issued by dom0 (xengnttab_grant_copy): each segment copied on its own, its status set
+        as Xen's gnttab_copy sets it. A grant side is acquired as a mapping would be -- it must grant dom0
+        access, read-only grants are not written, the frame must be the granter's -- for the duration of the
+        copy only (GTF_reading/GTF_writing are set and cleared again). A side reaching past the end of its
+        page is GNTST_bad_copy_arg."""
+        for seg in segments:
+            seg.status = self._copy_one(seg)
+
+    def _copy_one(self, seg: GrantCopySegment) -> int:
+        n = seg.len
+        if n < 0:
+            return GNTST_bad_copy_arg
+        pins: list[tuple[Domain, int, bool]] = []
+        try:
+            views = []
+            for side, writing in ((seg.source, False), (seg.dest, True)):
+                if isinstance(side, GrantRef):
+                    if not 0 <= side.offset <= _PAGE - n:
+                        return GNTST_bad_copy_arg
+                    dom = self.domains.get(side.domid)
+                    if dom is None:
+                        return -2                               # GNTST_bad_domain
+                    try:
+                        mfn = map_for_dom0(dom, side.ref, not writing)
+                    except GrantError as e:
+                        return e.status
+                    pins.append((dom, side.ref, not writing))
+                    views.append(dom.mem.frame(mfn)[side.offset:side.offset + n])
+                else:
+                    if len(side) < n:
+                        return GNTST_bad_copy_arg
+                    views.append(memoryview(side)[:n])
+            views[1][:] = views[0]
+            return 0
+        finally:
+            for dom, ref, readonly in pins:
+                unmap_for_dom0(dom, ref, readonly)
 
     def close(self) -> None:
         self.loop.close()
