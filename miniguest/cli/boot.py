@@ -46,6 +46,9 @@ def resolve_image(arg: Optional[str]) -> tuple[str, dict]:
                 "module": cfg.ramdisk,
                 "on_poweroff": cfg.on_poweroff, "on_reboot": cfg.on_reboot, "on_crash": cfg.on_crash,
                 "on_watchdog": cfg.on_watchdog}
+        if "vif" in cfg.other:
+            from miniguest.toolstack.network import parse_vif_list
+            opts["vifs"] = parse_vif_list(cfg.other["vif"], arg)
         return cfg.kernel, {k: v for k, v in opts.items() if v is not None}
     if not os.path.exists(arg) and samples.path(arg):
         return samples.path(arg), {}        # type: ignore[return-value]
@@ -140,6 +143,10 @@ class DomainOptions:
                 s(data)
 
         actions = {k: opts.pop(k) for k in list(opts) if k.startswith("on_")}
+        for feature in self.features:
+            domain_options = getattr(feature, "domain_options", None)     # optional: options -> create_domain
+            if domain_options is not None:
+                domain_options(args, opts)
         try:
             dom = create_domain(kernel, max_instructions=args.max_insns, scramble_mfns=args.scramble_mfns,
                                 realtime=args.realtime, max_time=getattr(args, "max_time", None),

@@ -10,12 +10,12 @@ from typing import Optional
 
 from miniguest import samples
 from miniguest.backends.xenstore.client import main as store_main
-from miniguest.cli import debug_commands, initramfs, regress_commands
+from miniguest.cli import debug_commands, initramfs, net, regress_commands
 from miniguest.cli.boot import DomainOptions, Feature, cmd_boot
 from miniguest.toolstack import exit_status
 from miniguest.toolstack.exit_status import EXIT_ERROR, EXIT_INTERRUPTED
 
-FEATURES: tuple[Feature, ...] = (debug_commands, regress_commands, initramfs)
+FEATURES: tuple[Feature, ...] = (debug_commands, regress_commands, initramfs, net)
 
 
 def cmd_samples(args: argparse.Namespace) -> int:

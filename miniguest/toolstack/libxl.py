@@ -109,6 +109,7 @@ def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
                   poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
                   maxmem: Optional[int] = None, uuid: Optional[str] = None, max_time: Optional[float] = None,
+                  vifs: Optional[list] = None,
                   **extra: Any) -> Guest:
     # image_data: the kernel file's bytes (snapshot restore), else read. A bzImage may decompress to at most
     # the guest's memory (without a memory size: the most a domain may have).
@@ -180,6 +181,9 @@ def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str
     bus = XenbusBackendBus.of(host, daemon.dom0)
     bus.reporters[domain.domid] = domain.log
     domain.on_final.append(lambda d: d.destroy_devices())
+    if vifs:
+        from miniguest.toolstack.network import add_vifs
+        add_vifs(domain, vifs)          # network interfaces (toolstack/network.py): ConfigError if unusable
     if store_socket:
         daemon.listen_unix(store_socket, host.loop)
     return domain
