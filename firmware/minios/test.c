@@ -239,9 +239,14 @@ static void xenstore_bench_thread(void *p)
     HYPERVISOR_shutdown(SHUTDOWN_poweroff);
 }
 
+int net_app_main(void);
+
 int app_main(void *p)
 {
     const char *bench = cmdline_value("xsbench");
+
+    if (net_app_main())                 /* net=echo / net=bench: the network test (nettest.c) */
+        return 0;
 
     if (bench) {
         create_thread("xenstore_bench", xenstore_bench_thread, (void *)strtoul(bench, NULL, 10));
