@@ -217,9 +217,9 @@ class NetQueue:
             if len(frags) >= work:
                 raise VifDisabled(f"asked for {len(frags) + 1} slots but only {work} requests are on the ring")
             if len(frags) >= FATAL_SKB_SLOTS:
-                raise VifDisabled(f"a frame of more than {FATAL_SKB_SLOTS} slots")
+                raise VifDisabled(f"a frame of more than {FATAL_SKB_SLOTS} fragments after its first slot")
             if drop is None and len(frags) >= XEN_NETIF_NR_SLOTS_MIN:
-                drop = f"more than {XEN_NETIF_NR_SLOTS_MIN} slots"
+                drop = f"more than {XEN_NETIF_NR_SLOTS_MIN} fragments after the first slot"
             frag = self._tx_request(ring, ring.req_cons + len(frags))
             if drop is None and frag[4] > remaining:
                 drop = f"a {frag[4]}-byte fragment with {remaining} bytes of the frame left"

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from miniguest.abi import errno as E
-from miniguest.abi.xenbus import XenbusStateConnected, XenbusStateInitialised
+from miniguest.abi.xenbus import (XenbusStateClosed, XenbusStateClosing, XenbusStateConnected,
+                                  XenbusStateInitialised, XenbusStateInitialising, XenbusStateInitWait)
 from miniguest.backends.netback.links import Link, LinkError, NullLink
 from miniguest.backends.netback.pcap import PcapWriter
 from miniguest.backends.netback.vif import MAX_QUEUES, QueueConfig, Vif, VifDisabled, VifFeatures
@@ -95,6 +96,15 @@ class NetbackDriver(SplitDriver):
             vif.poll()
 
     # -- xenbus -----------------------------------------------------------------------------------------------
+    def otherend_changed(self, dev: BackendDevice, state: int) -> None:
+        if state == XenbusStateInitialising and dev.state in (XenbusStateConnected, XenbusStateClosing):
+            # set_backend_state(InitWait) from Connected: disconnect, then Closing, Closed, InitWait.
+            self.disconnect(dev)
+            for step in (XenbusStateClosing, XenbusStateClosed, XenbusStateInitWait):
+                dev.switch_state(step)
+            return
+        super().otherend_changed(dev, state)
+
     def advertise(self, dev: BackendDevice) -> None:
         dev.write_many({"feature-sg": 1, "feature-gso-tcpv4": 1, "feature-gso-tcpv6": 1,
                         "feature-ipv6-csum-offload": 1, "feature-rx-copy": 1, "feature-rx-flip": 0,
