@@ -26,7 +26,8 @@ static uint16_t echo_port = 7777;
 static int passed, failed;
 
 /* -- received frames: a small queue filled by the rx callback (event context) -------------------------- */
-static struct { int len; unsigned int flags; unsigned char data[RXQ_FRAME]; } rxq[RXQ];
+struct rx_slot { int len; unsigned int flags; unsigned char data[RXQ_FRAME]; };
+static struct rx_slot *rxq;             /* RXQ slots, allocated when the test starts */
 static volatile unsigned int rxq_prod, rxq_cons;
 static unsigned long rxq_dropped;
 static DECLARE_WAIT_QUEUE_HEAD(rx_wq);
@@ -315,7 +316,7 @@ static int match_udp_echo(const unsigned char *f, int len, void *arg)
     return !memcmp(udp + 8, w->payload, w->plen);
 }
 
-static unsigned char frame_buf[65536], payload_buf[16384];
+static unsigned char *frame_buf, *payload_buf;      /* 64 KiB and 16 KiB, allocated when the test starts */
 
 static int udp_echo(const char *what, int plen, int csum_offload, unsigned int offset)
 {
@@ -340,8 +341,20 @@ static int udp_echo(const char *what, int plen, int csum_offload, unsigned int o
     return 0;
 }
 
+/* 2^order pages for n bytes */
+static void *alloc_bytes(unsigned long n)
+{
+    int order = 0;
+    while ((PAGE_SIZE << order) < n)
+        order++;
+    return (void *)alloc_pages(order);
+}
+
 static void bring_up(void)
 {
+    rxq = alloc_bytes(RXQ * sizeof(struct rx_slot));
+    frame_buf = alloc_bytes(65536);
+    payload_buf = alloc_bytes(16384);
     dev = init_netfront(NULL, net_rx, my_mac);
     if (!dev) {
         printk("net: no network device\n");
