@@ -49,7 +49,8 @@ DOMAIN_CARRIED = ("nr_pages", "tot_pages", "max_pages", "vm_assist", "grants", "
 DOMAIN_REBUILT = ("config", "host", "name", "image", "symbols", "layout", "start_info_va", "store", "hypercalls",
                   "foreign_mapped",
                   "hv_console_sink", "hypercall_observers", "trace_sinks", "fault_injector", "on_final", "on_idle",
-                  "_pause_requested", "_interrupted", "budget_exhausted", "hang_checks", "hang_reason", "_shared_info", "internal_traceback")
+                  "_pause_requested", "_interrupted", "budget_exhausted", "hang_checks", "hang_reason", "_shared_info", "internal_traceback",
+                  "idle_follows_host")
 
 
 # -- capture ---------------------------------------------------------------------------------------------------

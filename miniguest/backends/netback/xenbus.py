@@ -186,11 +186,10 @@ class NetbackDriver(SplitDriver):
             vif.disconnect()
 
     def remove(self, dev: BackendDevice) -> None:
+        """The device is gone from the store (the toolstack removed it, or the domain ended): the vif and
+        its host side go with it."""
         self.disconnect(dev)
-        key = (dev.otherend_id, dev.devid)
-        vif = self.vifs.pop(key, None)
-        if vif is not None and vif.pcap is not None:
-            vif.pcap.close()
+        self.unplug(dev.otherend_id, dev.devid)
 
 
 def netback(host: "Host", store) -> NetbackDriver:
