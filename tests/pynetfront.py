@@ -120,6 +120,7 @@ class PyNetfront:
         for key, value in self.features.items():
             self.g.write(f"{self.node}/{key}", value)
         self.g.write(f"{self.node}/state", state)
+        self.settle()
 
     # -- transmit --------------------------------------------------------------------------------------------
     def tx_buffer(self, data: bytes, offset: int = 0, readonly: bool = True) -> int:
@@ -135,6 +136,12 @@ class PyNetfront:
         ring = self.q[q]["tx"]
         if ring.push_requests():
             self.g.notify(self.q[q]["tx_port"])
+        self.settle()
+
+    def settle(self) -> None:
+        """Let dom0 do what the notifications asked (the backends' deferred work on the host loop), as a
+        guest's vCPU gives the host loop its turn at the end of a run slice."""
+        self.g.dom.host.loop.poll(0)
 
     def send(self, frame: bytes, flags: int = 0, pieces: Optional[list[int]] = None, extras: list[bytes] = (),
              q: int = 0, offset: int = 0, push: bool = True) -> list[int]:
@@ -187,6 +194,7 @@ class PyNetfront:
             ring.put_request(RX_REQUEST.pack(rid, 0, ref))
         if ring.push_requests():
             self.g.notify(qq["rx_port"])
+        self.settle()
 
     def rx_responses(self, q: int = 0) -> list[tuple[int, int, int, int]]:
         return [RX_RESPONSE.unpack(r) for r in self.q[q]["rx"].responses()]

@@ -79,6 +79,12 @@ class HostLoop:
         if kick is not None:
             kick()
 
+    def call_later(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` the next time the loop is polled -- at the end of the running CPU's slice, or when it
+        goes idle -- without stopping the CPU early: how a backend defers work the guest asked for by
+        notifying it (Xen's dom0 would do it on another CPU, while the guest runs on). Loop thread only."""
+        self._calls.append(fn)
+
     def wake(self) -> None:
         """Wake a loop sleeping in poll(). Takes no lock: safe from a signal handler."""
         try:

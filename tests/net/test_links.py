@@ -78,6 +78,7 @@ def test_a_socket_link_listens_when_nothing_is_there_and_takes_the_next_peer(tmp
         peer.sendall(struct.pack(">I", 5) + b"hello")
         pump(loop, lambda: len(got) == round_ + 1)
         link.send(b"reply")
+        link.flush()
         peer.settimeout(2)
         assert peer.recv(100) == struct.pack(">I", 5) + b"reply"
         peer.close()
@@ -98,6 +99,7 @@ def test_a_socket_link_connects_to_a_listener(tmp_path):
     conn, _ = srv.accept()
     assert link.connected
     link.send(b"x" * 100)
+    link.flush()
     conn.settimeout(2)
     assert conn.recv(200) == struct.pack(">I", 100) + b"x" * 100
     link.close()

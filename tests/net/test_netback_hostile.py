@@ -46,6 +46,7 @@ def req(gref: int, offset: int, flags: int, rid: int, size: int) -> bytes:
 def test_tx_ring_index_more_than_a_ring_ahead(net):
     net.nf.q[0]["tx"].set_u32(SRING_REQ_PROD, 1000)
     net.g.notify(net.nf.q[0]["tx_port"])
+    net.nf.settle()
     disabled_with(net, "impossible number of tx requests")
 
 
@@ -274,6 +275,7 @@ def test_a_disabled_vif_leaves_the_other_vif_working(tmp_path):
         nf2.connect()
         net.nf.q[0]["tx"].set_u32(SRING_REQ_PROD, 4096)
         net.g.notify(net.nf.q[0]["tx_port"])
+        net.nf.settle()
         assert net.vif.disabled
         frame = udp_frame(b"vif 1 lives")
         nf2.send(frame)

@@ -57,6 +57,9 @@ class Link:
         self.dropped_out += 1
         return True
 
+    def flush(self) -> None:
+        """Push what `send` queued (netback calls it after each batch of frames)."""
+
     def pause_reading(self) -> None:
         """Stop taking frames from the host (the guest has no room for them)."""
 
@@ -178,8 +181,13 @@ class StreamLink(Link):
         self._out += _LEN.pack(len(frame))
         self._out += frame
         self.frames_out += 1
-        self._flush()
+        if len(self._out) >= OUT_LIMIT // 4:
+            self._flush()
         return len(self._out) < OUT_LIMIT
+
+    def flush(self) -> None:
+        if self._out and not self._writer:
+            self._flush()
 
     def _flush(self) -> None:
         sock = self.sock

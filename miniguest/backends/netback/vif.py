@@ -102,6 +102,7 @@ class NetQueue:
         self.rx_queue: deque[bytes] = deque()
         self.rx_queue_bytes = 0
         self.tx_stalled = False                 # the host side is full: requests wait on the ring
+        self._tx_scheduled = self._rx_scheduled = False
 
     # -- connection ------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -136,15 +137,33 @@ class NetQueue:
         self.rx_queue_bytes = 0
 
     # -- events ----------------------------------------------------------------------------------------------
+    # A notification from the guest schedules the work for the next poll of the host loop (the end of the
+    # guest's run slice, or as soon as it goes idle) rather than doing it inside the guest's hypercall, as
+    # netback's NAPI poll runs later on another CPU: a guest sending a stream queues many frames per pass,
+    # and the ring's event indexes then spare most notifications both ways.
     def on_event(self) -> None:
         self.on_tx_event()
         self.on_rx_event()
 
     def on_tx_event(self) -> None:
-        self.vif.guarded(self.tx_action)
+        if not self._tx_scheduled:
+            self._tx_scheduled = True
+            self.vif.host.loop.call_later(self._run_tx)
 
     def on_rx_event(self) -> None:
-        self.vif.guarded(self.rx_action)
+        if not self._rx_scheduled:
+            self._rx_scheduled = True
+            self.vif.host.loop.call_later(self._run_rx)
+
+    def _run_tx(self) -> None:
+        self._tx_scheduled = False
+        if self.tx is not None:
+            self.vif.guarded(self.tx_action)
+
+    def _run_rx(self) -> None:
+        self._rx_scheduled = False
+        if self.rx is not None:
+            self.vif.guarded(self.rx_action)
 
     def notify(self, port: int) -> None:
         self.vif.dev.notify(port)
@@ -154,12 +173,15 @@ class NetQueue:
         ring = self.tx
         if ring is None or self.vif.disabled:
             return
-        while True:
-            while self._tx_one(ring):
-                pass
-            self._push_tx(ring)
-            if self.tx_stalled or not ring.final_check_for_requests():
-                return
+        try:
+            while True:
+                while self._tx_one(ring):
+                    pass
+                self._push_tx(ring)
+                if self.tx_stalled or not ring.final_check_for_requests():
+                    return
+        finally:
+            self.vif.link.flush()
 
     def _tx_request(self, ring: BackRing, idx: int) -> tuple[int, int, int, int, int]:
         return TX_REQUEST.unpack(ring.read_request(idx, TX_REQUEST.size))
@@ -305,7 +327,7 @@ class NetQueue:
         """The host side has room again."""
         if self.tx_stalled:
             self.tx_stalled = False
-            self.on_tx_event()
+            self._run_tx()
 
     # -- receive: host -> guest ------------------------------------------------------------------------------
     def enqueue(self, frame: bytes) -> None:
