@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, TypeVar, Union
 
 from miniguest.hypervisor.common.event_channel import Dom0Evtchn, EvtchnError
-from miniguest.hypervisor.common.grant_table import GrantError, map_for_dom0, unmap_for_dom0
+from miniguest.hypervisor.common.grant_table import GrantError, map_for_dom0, release_transient, unmap_for_dom0
 from miniguest.hypervisor.crash import NO_SYMBOLS, Symbolizer
 from miniguest.hypervisor.domain import (BUDGET, CRASHED, CREATED, FINAL_STATES, HUNG, PAUSED, RUNNING,
                                          SHUTDOWN, STOPPED, Domain, DomainConfig, on_sigint)
@@ -200,9 +200,9 @@ class Host:
     def grant_copy(self, segments: "list[GrantCopySegment]") -> None:
         """GNTTABOP_copy issued by dom0 (xengnttab_grant_copy): each segment copied on its own, its status set
         as Xen's gnttab_copy sets it. A grant side is acquired as a mapping would be -- it must grant dom0
-        access, read-only grants are not written, the frame must be the granter's -- for the duration of the
-        copy only (GTF_reading/GTF_writing are set and cleared again). A side reaching past the end of its
-        page is GNTST_bad_copy_arg."""
+        access, read-only grants are not written, the frame must be the granter's (and writable: a writable
+        type reference) -- for the duration of the copy only, which the guest never sees (it does not run
+        meanwhile). A side reaching past the end of its page is GNTST_bad_copy_arg."""
         for seg in segments:
             seg.status = self._copy_one(seg)
 
@@ -210,7 +210,7 @@ class Host:
         n = seg.len
         if n < 0:
             return GNTST_bad_copy_arg
-        pins: list[tuple[Domain, int, bool]] = []
+        held: list[tuple[Domain, int, bool]] = []
         try:
             views = []
             for side, writing in ((seg.source, False), (seg.dest, True)):
@@ -221,10 +221,10 @@ class Host:
                     if dom is None:
                         return -2                               # GNTST_bad_domain
                     try:
-                        mfn = map_for_dom0(dom, side.ref, not writing)
+                        mfn = map_for_dom0(dom, side.ref, not writing, transient=True)
                     except GrantError as e:
                         return e.status
-                    pins.append((dom, side.ref, not writing))
+                    held.append((dom, mfn, not writing))
                     views.append(dom.mem.frame(mfn)[side.offset:side.offset + n])
                 else:
                     if len(side) < n:
@@ -233,8 +233,8 @@ class Host:
             views[1][:] = views[0]
             return 0
         finally:
-            for dom, ref, readonly in pins:
-                unmap_for_dom0(dom, ref, readonly)
+            for dom, mfn, readonly in held:
+                release_transient(dom, mfn, readonly)
 
     def close(self) -> None:
         self.loop.close()

@@ -400,10 +400,12 @@ class GrantError(Exception):
         self.status = status
 
 
-def map_for_dom0(dom, ref: int, readonly: bool) -> int:
+def map_for_dom0(dom, ref: int, readonly: bool, transient: bool = False) -> int:
     """Pin grant `ref` of `dom` for a mapping by dom0, as Xen's map_grant_ref checks it: the entry must grant
     access to dom0 (GTF_permit_access, domid 0), a writable mapping needs a writable grant, the frame must be
-    the granting domain's. Returns the frame; the entry shows GTF_reading/GTF_writing while pinned."""
+    the granting domain's. Returns the frame; the entry shows GTF_reading/GTF_writing while pinned.
+    `transient`: acquired for a grant copy (acquire_grant_for_copy) and released before the guest runs
+    again -- the checks and the type reference, but no pin and no flags the guest could never see set."""
     gt = dom.grants
     if not 0 <= ref < max(1, gt.nr_frames) * ENTRIES_PER_FRAME:
         raise GrantError(GNTST_bad_gntref, f"d{dom.domid} has no grant reference {ref}")
@@ -424,11 +426,19 @@ def map_for_dom0(dom, ref: int, readonly: bool) -> int:
         except PageTypeError as e:
             raise GrantError(GNTST_general_error, f"d{dom.domid} grant {ref}: cannot map mfn {mfn:#x} "
                                                   f"writable: {e}") from None
+    if transient:
+        return mfn
     if pin is None:
         pin = gt.dom0_pins[ref] = [0, 0, mfn]
     pin[0 if readonly else 1] += 1
     _set_entry_flags(dom, ref)
     return mfn
+
+
+def release_transient(dom, mfn: int, readonly: bool) -> None:
+    """The end of a grant copy's use of a frame acquired with map_for_dom0(..., transient=True)."""
+    if not readonly:
+        dom.frames.put_type(mfn)
 
 
 def unmap_for_dom0(dom, ref: int, readonly: bool) -> None:
