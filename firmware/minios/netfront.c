@@ -43,6 +43,15 @@ struct netfront_dev {
 
 #define RX_FRAME_MAX (16 * PAGE_SIZE)
 
+/* Frame data is copied eight bytes at a time with string instructions, not lib.c's byte loop: copying is
+   most of what a frame costs the guest. */
+static inline void copy_frame_bytes(void *dst, const void *src, size_t n)
+{
+    size_t words = n / 8, rest = n % 8;
+    __asm__ volatile("rep movsq" : "+D"(dst), "+S"(src), "+c"(words) :: "memory");
+    __asm__ volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(rest) :: "memory");
+}
+
 static evtchn_port_t evtchn_alloc_unbound_for(domid_t remote)
 {
     struct evtchn_alloc_unbound op = { .dom = DOMID_SELF, .remote_dom = remote };
@@ -132,7 +141,7 @@ static void network_rx(struct netfront_dev *dev)
                     dev->rx_bad = 1;
                     dev->stats.rx_errors++;
                 } else {
-                    memcpy(dev->rx_frame + dev->rx_len, buf->page + rsp.offset, rsp.status);
+                    copy_frame_bytes(dev->rx_frame + dev->rx_len, buf->page + rsp.offset, rsp.status);
                     dev->rx_len += rsp.status;
                 }
             }
@@ -187,7 +196,7 @@ int netfront_xmit_at(struct netfront_dev *dev, const unsigned char *data, int le
         int n = i == 0 ? first : (len - pos < (int)PAGE_SIZE ? len - pos : (int)PAGE_SIZE);
         if (!buf->page)
             buf->page = (unsigned char *)alloc_page();
-        memcpy(buf->page + off, data + pos, n);
+        copy_frame_bytes(buf->page + off, data + pos, n);
         buf->gref = gnttab_grant_access(dev->dom, virt_to_mfn(buf->page), 1);
         struct netif_tx_request *req = &dev->txs->ring[dev->tx_prod_pvt & (NET_TX_RING_SIZE - 1)].req;
         req->gref = buf->gref;

@@ -10,6 +10,9 @@
  *               device and powers off.
  *   net=bench   the same address and ARP, then count=N datagrams of size=S bytes to the gateway's port as
  *               fast as the ring allows; prints the guest time it took, then powers off.
+ *   net=responder  be the gateway for another guest on the segment (`--net socket:`): ip=A.B.C.D, answer
+ *               ARP for it and echo every UDP datagram sent to it, until one says "bye"; then power off.
+ * net=echo ends by sending "bye" to the gateway's port.
  * With passt (`--net user`) the gateway is the host: its port is a UDP server on the host's 127.0.0.1.
  */
 #include "netfront.h"
@@ -400,6 +403,51 @@ static void echo_thread(void *p)
             udp_echo("UDP echo, 6000 bytes over several slots each way", 6000, 1, 100);
     }
     printk("netfront test %s: %d/%d checks ok\n", failed ? "FAILED" : "passed", passed, passed + failed);
+    int len = udp_frame(frame_buf, gw_mac, my_ip, gw_ip, 40000, echo_port, (const unsigned char *)"bye", 3, 0);
+    netfront_xmit(dev, frame_buf, len);
+    finish();
+}
+
+/* -- the other end: a gateway for another guest --------------------------------------------------------- */
+static int match_udp_to_me(const unsigned char *f, int len, void *arg)
+{
+    if (len < 42 || get16(f + 12) != ETH_P_IP || f[23] != 17 || get32(f + 30) != my_ip)
+        return 0;
+    const unsigned char *ip = f + 14, *udp = ip + (ip[0] & 15) * 4;
+    return udp + get16(udp + 4) <= f + len && get16(udp + 4) >= 8;
+}
+
+static void responder_thread(void *p)
+{
+    const char *v = cmdline_value("ip");
+    rxq = alloc_bytes(RXQ * sizeof(struct rx_slot));
+    frame_buf = alloc_bytes(65536);
+    payload_buf = alloc_bytes(16384);
+    my_ip = v ? parse_ip(v) : 0;
+    dev = init_netfront(NULL, net_rx, my_mac);
+    if (!dev || !my_ip) {
+        printk("net: responder needs a network device and ip=\n");
+        HYPERVISOR_shutdown(SHUTDOWN_crash);
+    }
+    char a[16];
+    ip_str(a, my_ip);
+    printk("net: responder at %s\n", a);
+    unsigned char *f = frame_buf + 32768;
+    unsigned long echoed = 0;
+    for (;;) {
+        int len = wait_frame(match_udp_to_me, NULL, f, 32768, 1000);
+        if (!len)
+            continue;
+        const unsigned char *ip = f + 14, *udp = ip + (ip[0] & 15) * 4;
+        int plen = get16(udp + 4) - 8;
+        if (plen == 3 && !memcmp(udp + 8, "bye", 3))
+            break;
+        int out = udp_frame(frame_buf, f + 6, my_ip, get32(ip + 12), get16(udp + 2), get16(udp), udp + 8,
+                            plen, 0);
+        netfront_xmit(dev, frame_buf, out);
+        echoed++;
+    }
+    printk("net: responder echoed %lu datagrams\n", echoed);
     finish();
 }
 
@@ -432,6 +480,8 @@ int net_app_main(void)
         return 0;
     if (!strcmp(mode, "bench"))
         create_thread("net_bench", bench_thread, NULL);
+    else if (!strcmp(mode, "responder"))
+        create_thread("net_responder", responder_thread, NULL);
     else
         create_thread("net_echo", echo_thread, NULL);
     return 1;

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from netlib import Gateway
@@ -42,7 +43,8 @@ def test_minios_netfront_over_a_socket_to_a_gateway_played_in_python(tmp_path):
         assert line in out
     assert "netfront test passed: 5/5 checks ok" in out
     assert "netfront: device/vif/0 closed" in out
-    assert gw.checksums == [True] * 4            # every datagram arrived with a valid checksum (one offloaded)
+    assert gw.checksums == [True] * 5            # every datagram (and the final "bye") arrived with a valid
+                                                 # checksum, the offloaded ones too
     assert (tmp_path / "vif.pcap").stat().st_size > 24 + 4 * (16 + 59)
 
 
@@ -63,6 +65,29 @@ def test_minios_gets_an_address_from_passt_and_echoes_through_the_host(tmp_path)
     for line in ECHO_CHECKS:
         assert line in out
     assert "netfront test passed: 6/6 checks ok" in out
+
+
+def test_two_minios_guests_on_one_segment(tmp_path):
+    """One guest is the gateway (`net=responder`, listening on the socket), the other runs the echo test
+    against it (connecting), as two `miniguest boot` processes."""
+    path = str(tmp_path / "segment.sock")
+    gw = subprocess.Popen(MINIGUEST + ["boot", "minios", "--name", "gw", "-c", f"net=responder ip={GATEWAY}",
+                                       "--net", f"socket:{path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and gw.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = boot(["-c", f"net=echo ip={GUEST_ADDRESS} gw={GATEWAY}", "--net", f"socket:{path}"])
+        out, err = gw.communicate(timeout=60)
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait()
+    assert r.returncode == 0 and gw.returncode == 0, r.stdout[-2000:] + err
+    assert "netfront test passed: 5/5 checks ok" in r.stdout
+    assert f"net: responder at {GATEWAY}" in out and "net: responder echoed 4 datagrams" in out
+    assert not os.path.exists(path)                  # the listening side removed its socket
 
 
 def test_boot_refuses_a_vif_whose_host_side_cannot_start(tmp_path):
