@@ -459,6 +459,8 @@ class Domain:
             return True
         for cb in self.on_idle:
             cb()
+        if not vcpu.blocked:
+            return True                        # an idle hook gave it an event (a backend's late delivery)
         if deadline is not None:
             self.emit("idle", until=deadline)
             if self.clock.realtime:
