@@ -24,6 +24,7 @@ from miniguest.toolstack.exit_status import (EXIT_BAD_IMAGE, EXIT_BUDGET, EXIT_C
                                              EXIT_INTERRUPTED, EXIT_TERMINATED, SHUTDOWN_EXIT)
 from miniguest.toolstack.libelf import ImageError
 from miniguest.toolstack.libxl import Guest, create_domain
+from miniguest.toolstack.network import parse_vif_list
 from miniguest.toolstack.xlcfg import ConfigError, parse_xl_config
 
 MAX_RESTARTS = 16
@@ -47,7 +48,6 @@ def resolve_image(arg: Optional[str]) -> tuple[str, dict]:
                 "on_poweroff": cfg.on_poweroff, "on_reboot": cfg.on_reboot, "on_crash": cfg.on_crash,
                 "on_watchdog": cfg.on_watchdog}
         if "vif" in cfg.other:
-            from miniguest.toolstack.network import parse_vif_list
             opts["vifs"] = parse_vif_list(cfg.other["vif"], arg)
         return cfg.kernel, {k: v for k, v in opts.items() if v is not None}
     if not os.path.exists(arg) and samples.path(arg):

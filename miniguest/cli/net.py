@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from miniguest.toolstack.network import parse_net_option
+from miniguest.toolstack.xlcfg import ConfigError
+
 
 def register(subparsers: Any, options: Any) -> None:
     pass
@@ -24,8 +27,6 @@ def add_domain_options(p: argparse.ArgumentParser) -> None:
 
 
 def domain_options(args: argparse.Namespace, opts: dict) -> None:
-    from miniguest.toolstack.network import parse_net_option
-    from miniguest.toolstack.xlcfg import ConfigError
     vifs = list(opts.get("vifs") or []) + [parse_net_option(text) for text in getattr(args, "net", [])]
     pcap = getattr(args, "net_pcap", None)
     if pcap:

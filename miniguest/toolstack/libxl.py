@@ -20,6 +20,7 @@ from miniguest.toolstack.device import devices_destroy
 from miniguest.toolstack.dom_builder import build_domain
 from miniguest.toolstack.layout import Layout
 from miniguest.toolstack.libelf import ImageError, KernelImage, parse_kernel, read_image_file
+from miniguest.toolstack.network import add_vifs
 from miniguest.toolstack.symbols import Symbols
 
 
@@ -182,7 +183,6 @@ def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str
     bus.reporters[domain.domid] = domain.log
     domain.on_final.append(lambda d: d.destroy_devices())
     if vifs:
-        from miniguest.toolstack.network import add_vifs
         add_vifs(domain, vifs)          # network interfaces (toolstack/network.py): ConfigError if unusable
     if store_socket:
         daemon.listen_unix(store_socket, host.loop)

@@ -24,7 +24,7 @@ from miniguest.abi.xenbus import (XenbusStateClosed, XenbusStateClosing, XenbusS
 from miniguest.backends.netback.links import Link, LinkError, NullLink
 from miniguest.backends.netback.pcap import PcapWriter
 from miniguest.backends.netback.vif import MAX_QUEUES, QueueConfig, Vif, VifDisabled, VifFeatures
-from miniguest.backends.xenbus import BackendDevice, SplitDriver, parse_uint
+from miniguest.backends.xenbus import BackendDevice, SplitDriver, XenbusBackendBus, parse_uint
 from miniguest.hypervisor.host import EvtchnError, GrantError
 
 if TYPE_CHECKING:
@@ -194,7 +194,6 @@ class NetbackDriver(SplitDriver):
 
 def netback(host: "Host", store) -> NetbackDriver:
     """The host's netback driver, registered on its xenbus (made on first use)."""
-    from miniguest.backends.xenbus import XenbusBackendBus
     bus = XenbusBackendBus.of(host, store)
     driver = bus.drivers.get("vif")
     if not isinstance(driver, NetbackDriver):
