@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from miniguest.hypervisor.domain import Domain
@@ -55,6 +57,11 @@ def _recording_restore(self: Domain, *args, **kwargs) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A pytest started in the background by a non-interactive shell (`pytest &` in a script) inherits SIGINT
+    # ignored, as POSIX asks of such jobs, and so would every miniguest it starts: the Ctrl-C tests need the
+    # disposition a terminal gives.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "no_page_type_audit(reason): the test leaves a domain half-built on "
                                        "purpose; skip the page-type audit after it")
     Host.create_domain = _recording_create_domain    # type: ignore[method-assign]
