@@ -104,7 +104,7 @@ def test_xcr0_tsc_aux_and_time_area_survive_a_snapshot():
     dom.hypercall_observers.append(PauseAtTimeArea())
     assert dom.run() == "paused"
     v = dom.vcpus[0]
-    assert v.time_info_guest and dom.pirq_eoi_mfn
+    assert v.time_info_guest and dom.pirq_eoi_mfn is not None
     v.tsc_aux = 7
     from miniguest.hypervisor.x86.xstate import handle_xsetbv
     assert handle_xsetbv(v, 0, 1)

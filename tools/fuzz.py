@@ -841,6 +841,8 @@ class XenstoreTarget(Target):
             _store_consistent(d)
             for name, (g, conn) in rings.items():
                 domid = int(name[1:])
+                if d.domains.get(domid) is not conn:
+                    continue                    # the dom0 socket client released (or re-introduced) it
                 check = f"/local/domain/{domid}/fuzz-check"
                 d.dom0.write(check, f"ok{domid}")
                 d.dom0.set_perms(check, [f"n{domid}"])

@@ -148,7 +148,7 @@ class Domain:
         self.watchdogs: dict[int, int] = {}
         self.foreign_mapped: set[int] = set()     # frames dom0 maps (Host.map_foreign): the backends' rings
         self.vm_assist = 0
-        self.pirq_eoi_mfn = 0                     # PHYSDEVOP_pirq_eoi_gmfn: the guest's PIRQ EOI bitmap frame
+        self.pirq_eoi_mfn: Optional[int] = None   # PHYSDEVOP_pirq_eoi_gmfn: the guest's PIRQ EOI bitmap frame
         self.pirq_eoi_auto_unmask = False         # ... registered with v1
         self.vcpus: list["Vcpu"] = []
         self.clock: VirtualClock
@@ -575,7 +575,7 @@ class Domain:
         self._logged = {_key_from_json(k) for k in f.list("logged")}
         self.hv_console_input = bytearray(unlatin1(f.str("hv_console_input"), "domain.hv_console_input"))
         self.xen.restore_gdt(f.ints("xen_gdt_frames", 0, n - 1, 64), "domain.xen_gdt_frames")
-        if f.has("pirq_eoi_mfn") and f.obj["pirq_eoi_mfn"]:         # (absent from older files: none)
+        if f.has("pirq_eoi_mfn") and f.obj["pirq_eoi_mfn"] is not None:     # (absent or null: none)
             self.pirq_eoi_mfn = self.check_frame(f.obj["pirq_eoi_mfn"], "domain.pirq_eoi_mfn")
             self.pirq_eoi_auto_unmask = f.bool("pirq_eoi_auto_unmask")
         self.events.restore(record.sub("events"))

@@ -501,7 +501,7 @@ def type_roots(dom: "Domain") -> list[tuple[int, int]]:
     for _, writable, mfn in dom.grants.dom0_pins.values():
         roots.extend([(mfn, PGT_writable)] * writable)         # dom0's writable grant mappings
     roots.extend((mfn, PGT_writable) for mfn in sorted(dom.foreign_mapped))
-    if getattr(dom, "pirq_eoi_mfn", 0):
+    if getattr(dom, "pirq_eoi_mfn", None) is not None:
         roots.append((dom.pirq_eoi_mfn, PGT_writable))            # PHYSDEVOP_pirq_eoi_gmfn's reference
     return roots
 

@@ -47,7 +47,7 @@ def pirq_eoi_gmfn(vcpu: "Vcpu", gmfn: int, cmd: int) -> int:
         dom.frames.get_type(gmfn, PGT_writable, dom.domid)
     except PageTypeError:
         return -errno.EINVAL
-    if dom.pirq_eoi_mfn:
+    if dom.pirq_eoi_mfn is not None:                # (frame 0 is a frame: None means none registered)
         dom.frames.put_type(gmfn)
         return -errno.EBUSY
     dom.pirq_eoi_mfn = gmfn
