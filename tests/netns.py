@@ -1,8 +1,10 @@
 """A private network namespace for a test that starts passt or any network path: nothing it does can reach
 beyond this machine.
 
-The namespace is made with `unshare -rn` (a user namespace too, so no root is needed) and holds: loopback up,
-and a veth pair going nowhere -- `mg0` with 10.0.2.15/24 and the default route via 10.0.2.2, its peer `mg1`
+The namespace is made with `unshare -rnm` (a user namespace too, so no root is needed; a mount namespace for
+its own /etc/resolv.conf) and holds: loopback up, `nameserver 127.0.0.1` in /etc/resolv.conf (passt then
+offers the guest the gateway as its DNS server and forwards its queries to a server the test runs on the
+namespace's 127.0.0.1:53), and a veth pair going nowhere -- `mg0` with 10.0.2.15/24 and the default route via 10.0.2.2, its peer `mg1`
 up without an address -- which passt takes as its template interface. passt gives the guest mg0's address by
 DHCP (10.0.2.15) and the gateway 10.0.2.2, and maps the gateway to the namespace's 127.0.0.1: a server the
 test runs on 127.0.0.1 inside the namespace is what the guest reaches at 10.0.2.2. Anything else the guest
@@ -31,16 +33,23 @@ PREFIX = 24
 IFACE, PEER = "mg0", "mg1"
 
 _HOLDER = f"""
-import subprocess, sys
+import os, subprocess, sys, tempfile
 def ip(*a):
     subprocess.run(["ip", *a], check=True)
+# The namespace's own resolver configuration: the host's name server on the namespace's 127.0.0.1, which
+# passt offers the guest as the gateway address. Needs the mount namespace; without it the host's file stays.
+fd, conf = tempfile.mkstemp(prefix="miniguest-resolv-")
+os.write(fd, b"nameserver 127.0.0.1\\n")
+os.close(fd)
+dns = subprocess.run(["mount", "--bind", conf, "/etc/resolv.conf"], capture_output=True).returncode == 0
+os.unlink(conf)
 ip("link", "set", "lo", "up")
 ip("link", "add", "{IFACE}", "type", "veth", "peer", "name", "{PEER}")
 ip("addr", "add", "{GUEST_ADDRESS}/{PREFIX}", "dev", "{IFACE}")
 ip("link", "set", "{IFACE}", "up")
 ip("link", "set", "{PEER}", "up")
 ip("route", "add", "default", "via", "{GATEWAY}", "dev", "{IFACE}")
-sys.stdout.write("ready\\n")
+sys.stdout.write("ready dns\\n" if dns else "ready\\n")
 sys.stdout.flush()
 sys.stdin.read()
 """
@@ -53,6 +62,7 @@ class NetNs:
     def __init__(self) -> None:
         self.holder: Optional[subprocess.Popen] = None
         self.children: list[subprocess.Popen] = []
+        self.dns = False            # /etc/resolv.conf in the namespace says: nameserver 127.0.0.1
 
     @staticmethod
     def unavailable() -> Optional[str]:
@@ -75,10 +85,11 @@ class NetNs:
         return _unavailable
 
     def start(self) -> "NetNs":
-        self.holder = subprocess.Popen(["unshare", "-rn", "--", sys.executable, "-c", _HOLDER],
+        self.holder = subprocess.Popen(["unshare", "-rnm", "--", sys.executable, "-c", _HOLDER],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.holder.stdout.readline() if self.holder.stdout else b""
-        if line.strip() != b"ready":
+        self.dns = line.strip() == b"ready dns"
+        if not line.startswith(b"ready"):
             err = self.holder.stderr.read().decode(errors="replace").strip() if self.holder.stderr else ""
             self.close()
             raise RuntimeError(err.splitlines()[-1] if err else "the namespace holder did not start")
@@ -89,17 +100,19 @@ class NetNs:
         assert self.holder is not None
         return self.holder.pid
 
-    def argv(self, argv: list[str]) -> list[str]:
-        """`argv` as run inside the namespace (same user, same files, only the network differs)."""
-        return ["nsenter", "--preserve-credentials", "-U", "-n", "-t", str(self.pid), "--", *argv]
+    def argv(self, argv: list[str], cwd: Optional[str] = None) -> list[str]:
+        """`argv` as run inside the namespace (same user, same files and directory, only the network and
+        /etc/resolv.conf differ)."""
+        return ["nsenter", "--preserve-credentials", "-U", "-n", "-m", f"--wd={os.path.abspath(cwd or '.')}",
+                "-t", str(self.pid), "--", *argv]
 
     def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(self.argv(argv), **kwargs)
+        proc = subprocess.Popen(self.argv(argv, kwargs.get("cwd")), **kwargs)
         self.children.append(proc)
         return proc
 
     def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(argv), **kwargs)
+        return subprocess.run(self.argv(argv, kwargs.get("cwd")), **kwargs)
 
     def wait_for_port(self, port: int, timeout: float = 10.0) -> None:
         """Until something listens on the namespace's 127.0.0.1:port (TCP)."""
