@@ -13,6 +13,11 @@ wire is a child process that reads and discards, answering ARP for the gateway) 
                    Python frontend's)
   minios           the minios sample (`net=bench`) sends the frames from inside the guest: netfront.c on
                    the emulated CPU, the event channel, netback, the socket (only its sending phase counts)
+  linux (--linux)  Debian's Linux (fetched as tests/debian.py does) uploads the same number of bytes with
+                   `wget --post-file` through its own xen-netfront (TCP, its own GSO/sg/checksum offload) and
+                   passt to a sink on 127.0.0.1 -- all in a private network namespace (tests/netns.py), since
+                   it starts passt. Only the upload counts (the boot takes about a minute per run); passt's
+                   CPU is its own process's, not counted.
 
 MB/s are payload+headers bytes per CPU second; "vs ceiling" is the row's rate over the ceiling's.
 """
@@ -163,6 +168,87 @@ def minios(frames: int, size: int) -> tuple[float, int]:
     return t1 - t0, nbytes
 
 
+LINUX_SCRIPT = """#!/bin/sh
+ip link set lo up
+ip link set eth0 up
+cat > /tmp/udhcpc.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] && ip addr add "$ip/$mask" dev "$interface" && ip route add default via "$router"
+EOS
+chmod +x /tmp/udhcpc.sh
+udhcpc -i eth0 -s /tmp/udhcpc.sh -q -f -n -t 5 -T 3 >/dev/null 2>&1
+yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde | head -c {nbytes} > /tmp/up
+echo "bench: start"
+wget -q -O /dev/null --post-file /tmp/up http://10.0.2.2:8080/upload
+echo "bench: end"
+poweroff -f
+"""
+
+
+def _tcp_sink(ready, result) -> None:
+    """An HTTP server on 127.0.0.1:8080 that takes one POST and counts its body."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 8080))
+    srv.listen(1)
+    ready.set()
+    conn, _ = srv.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+    n = len(body)
+    while n < length:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        n += len(chunk)
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conn.close()
+    result.put(n)
+
+
+def linux_inner(nbytes: int) -> tuple[float, int]:
+    """Inside a private network namespace: Linux uploads `nbytes` with wget over passt to a local sink."""
+    from debian import linux_packages
+    from miniguest import Domain
+    from miniguest.toolstack.initramfs import KernelModules, build, busybox_binary
+    from miniguest.toolstack.network import VifSpec
+    packages = linux_packages()
+    initrd, _ = build(busybox_binary(packages.busybox_root), KernelModules.find(packages.root, packages.release),
+                      ["xen-netfront"], script=LINUX_SCRIPT.format(nbytes=nbytes).encode())
+    ready, result = mp.Event(), mp.Queue()
+    proc = mp.Process(target=_tcp_sink, args=(ready, result), daemon=True)
+    proc.start()
+    ready.wait(10)
+    out = bytearray()
+    dom = Domain.from_elf(packages.vmlinuz, module=initrd, cmdline="console=hvc0 quiet", console_output=out.extend,
+                          vifs=[VifSpec(net="user", mac="00:16:3e:00:00:01")])
+    dom.run(until=lambda d: b"bench: start" in out)
+    t0 = time.process_time()
+    dom.run(until=lambda d: b"bench: end" in out)
+    t1 = time.process_time()
+    dom.run()
+    dom.close()
+    got = result.get(timeout=30)
+    proc.join(5)
+    return t1 - t0, got
+
+
+def linux(frames: int, size: int) -> tuple[float, int]:
+    """The Linux row, run in a private network namespace (tests/netns.py) since it starts passt."""
+    from netns import NetNs
+    nbytes = frames * size
+    with NetNs() as ns:
+        r = ns.run([sys.executable, __file__, "--linux-inner", str(nbytes)], capture_output=True, text=True,
+                   timeout=1800)
+    if r.returncode != 0:
+        raise SystemExit(f"the Linux run failed:\n{r.stderr[-3000:]}")
+    cpu, got = json.loads(r.stdout.strip().splitlines()[-1])
+    return cpu, got
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=3000, help="frames per run")
@@ -170,9 +256,16 @@ def main() -> int:
                                                                 "frames)")
     parser.add_argument("--runs", type=int, default=3, help="runs per row (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--linux", action="store_true", help="also Debian's Linux (downloads it; a minute a run)")
+    parser.add_argument("--linux-inner", type=int, metavar="BYTES", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.linux_inner:
+        print(json.dumps(linux_inner(args.linux_inner)))
+        return 0
     rows = {"ceiling (Python socket)": ceiling, "python netfront -> netback": python_netfront,
             "minios -> netback": minios}
+    if args.linux:
+        rows["linux (wget POST over passt)"] = linux
     results = {}
     for name, fn in rows.items():
         runs = [fn(args.frames, args.size) for _ in range(args.runs)]
