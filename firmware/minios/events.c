@@ -91,6 +91,20 @@ evtchn_port_t bind_evtchn(evtchn_port_t port, evtchn_handler_t handler, void *da
     return port;
 }
 
+/* Forget the port's handler and close it (Mini-OS's unbind_evtchn). */
+void unbind_evtchn(evtchn_port_t port)
+{
+    struct evtchn_close op = { .port = port };
+    mask_evtchn(port);
+    clear_evtchn(port);
+    ev_actions[port].handler = default_handler;
+    wmb();
+    ev_actions[port].data = NULL;
+    synch_clear_bit(port, bound_ports);
+    if (HYPERVISOR_event_channel_op(EVTCHNOP_close, &op))
+        printk("WARN: close of port %d failed\n", port);
+}
+
 evtchn_port_t bind_virq(uint32_t virq, evtchn_handler_t handler, void *data)
 {
     struct evtchn_bind_virq op = { .virq = virq, .vcpu = 0 };

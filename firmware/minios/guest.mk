@@ -3,7 +3,8 @@
 # lib.c is shared.
 minios_SRCS   := minios/x86_64.S minios/setup.c minios/traps.c minios/events.c minios/mm.c minios/time.c \
                  minios/console.c minios/gnttab.c minios/sched.c minios/xenbus.c minios/shutdown.c \
-                 minios/test.c minios/kernel.c minios/netfront.c minios/nettest.c
+                 minios/test.c minios/kernel.c minios/netfront.c minios/nettest.c minios/blkfront.c \
+                 minios/blktest.c
 minios_COMMON := common/lib.c
 minios_BASE   := 0
 minios_DEFS   :=

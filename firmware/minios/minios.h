@@ -145,6 +145,7 @@ typedef void (*evtchn_handler_t)(evtchn_port_t, struct pt_regs *, void *);
 void init_events(void);
 evtchn_port_t bind_evtchn(evtchn_port_t port, evtchn_handler_t handler, void *data);
 evtchn_port_t bind_virq(uint32_t virq, evtchn_handler_t handler, void *data);
+void unbind_evtchn(evtchn_port_t port);
 void mask_evtchn(uint32_t port);
 void unmask_evtchn(uint32_t port);
 void clear_evtchn(uint32_t port);

@@ -200,6 +200,10 @@ static void memory_target_thread(void *p)
     }
 }
 
+extern volatile int blk_test_running;
+extern struct wait_queue_head blk_test_done;
+int start_blk_test(void);
+
 static void periodic_thread(void *p)
 {
     const char *arg = cmdline_value("ticks");
@@ -214,6 +218,7 @@ static void periodic_thread(void *p)
             break;
         msleep(1000);
     }
+    wait_event(blk_test_done, !blk_test_running);         /* let the block test finish */
     printk("Periodic thread done after %lu ticks: powering off.\n", ticks);
     HYPERVISOR_shutdown(SHUTDOWN_poweroff);
 }
@@ -253,6 +258,8 @@ int app_main(void *p)
         return 0;
     }
     printk("Dummy main: par=%p\n", p);
+    if (start_blk_test())
+        return 0;                       /* blkbench: nothing else runs */
     create_thread("xenbus_tester", xenbus_tester, NULL);
     create_thread("memory_target", memory_target_thread, NULL);
     create_thread("periodic_thread", periodic_thread, NULL);

@@ -177,7 +177,16 @@ class BackendDevice:
         self.switch_state(XenbusStateClosing)
 
     def log(self, message: str) -> None:
+        """A problem worth the user's attention (the domain log and a warning on the backends' logger)."""
         self.bus.report(self.otherend_id, f"{self.kind} {self.devid}: {message}")
+
+    def info(self, message: str) -> None:
+        """What Linux's backends say with pr_info: the domain log, at info level."""
+        self.bus.report(self.otherend_id, f"{self.kind} {self.devid}: {message}", logging.INFO)
+
+    def debug(self, message: str) -> None:
+        """What Linux's backends say with pr_debug (a guest's bad request): the debug log only."""
+        log.debug("d%d: %s %d: %s", self.otherend_id, self.kind, self.devid, message)
 
     def watch(self, path: str, callback: Callable[[str], None]) -> None:
         """Watch `path` (our node's `key` if relative) for as long as the device lives: callback(path)."""
@@ -275,8 +284,8 @@ class XenbusBackendBus:
             host.services[BUS_SERVICE] = bus
         return bus
 
-    def report(self, domid: int, message: str) -> None:
-        log.warning("d%d: %s", domid, message)
+    def report(self, domid: int, message: str, level: int = logging.WARNING) -> None:
+        log.log(level, "d%d: %s", domid, message)
         sink = self.reporters.get(domid)
         if sink is not None:
             sink(message)
@@ -300,6 +309,10 @@ class XenbusBackendBus:
             log.debug("backend internal error", exc_info=exc)
             dev.broken = f"{type(exc).__name__}: {exc}"
             dev.log(f"internal error, device stopped: {dev.broken}")
+            try:
+                dev.driver.remove(dev)        # let it close what it opened on the host
+            except Exception:
+                pass
             try:
                 dev.release_all()
             except Exception:
@@ -421,7 +434,7 @@ class SplitDriver(BackendDriver):
     def otherend_changed(self, dev: BackendDevice, state: int) -> None:
         if state == XenbusStateInitialising:
             if dev.state == XenbusStateClosed:
-                dev.log("frontend is back: prepare for reconnect")
+                dev.info("frontend is back: prepare for reconnect")
                 dev.switch_state(XenbusStateInitWait)
         elif state in self.connect_on:
             if dev.state == XenbusStateConnected:

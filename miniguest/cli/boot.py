@@ -22,6 +22,7 @@ from miniguest.debug.hclog import HypercallLog
 from miniguest.hypervisor import host as D
 from miniguest.toolstack.exit_status import (EXIT_BAD_IMAGE, EXIT_BUDGET, EXIT_CRASH, EXIT_ERROR, EXIT_HUNG,
                                              EXIT_INTERRUPTED, EXIT_TERMINATED, SHUTDOWN_EXIT)
+from miniguest.toolstack.disk import parse_cli_disk
 from miniguest.toolstack.libelf import ImageError
 from miniguest.toolstack.libxl import Guest, create_domain
 from miniguest.toolstack.network import parse_vif_list
@@ -46,7 +47,7 @@ def resolve_image(arg: Optional[str]) -> tuple[str, dict]:
         opts = {"memory_mib": cfg.memory, "maxmem": cfg.maxmem, "cmdline": cfg.cmdline, "name": cfg.name,
                 "module": cfg.ramdisk,
                 "on_poweroff": cfg.on_poweroff, "on_reboot": cfg.on_reboot, "on_crash": cfg.on_crash,
-                "on_watchdog": cfg.on_watchdog}
+                "on_watchdog": cfg.on_watchdog, "disks": cfg.disks or None}
         if "vif" in cfg.other:
             opts["vifs"] = parse_vif_list(cfg.other["vif"], arg)
         return cfg.kernel, {k: v for k, v in opts.items() if v is not None}
@@ -112,6 +113,9 @@ class DomainOptions:
         p.add_argument("--log-hypercalls", action="store_true", help="print every hypercall on stderr")
         p.add_argument("--realtime", action="store_true",
                        help="guest time follows the host clock (default: virtual time, reproducible runs)")
+        p.add_argument("--disk", action="append", metavar="PATH[,vdev=xvda][,ro]",
+                       help="a raw disk image for the guest (repeatable; vdev defaults to xvda, xvdb, ...; ro: "
+                            "read-only; format=qcow2 needs qemu-img); with a config file, added to its disk=")
         p.add_argument("--store-socket", metavar="PATH",
                        help="serve the xenstore on a Unix socket (for xenstore-ls etc.: XENSTORED_PATH=PATH)")
         p.add_argument("--quiet", action="store_true", help="do not copy the guest console to the terminal")
@@ -137,6 +141,13 @@ class DomainOptions:
             opts["name"] = args.name
         if args.maxmem is not None:
             opts["maxmem"] = args.maxmem
+        if getattr(args, "disk", None):
+            disks = list(opts.get("disks") or [])
+            for text in args.disk:
+                spec = parse_cli_disk(text, len(disks))
+                spec.target = os.path.abspath(spec.target)
+                disks.append(spec)
+            opts["disks"] = disks
 
         def sink(data: bytes) -> None:
             for s in console_sinks:

@@ -47,7 +47,7 @@ DOMAIN_CARRIED = ("nr_pages", "tot_pages", "max_pages", "vm_assist", "grants", "
                   "uuid", "handle", "clock", "timers", "events", "frames", "xen", "mem", "vcpus", "console",
                   "console_backend", "xenstored", "pirq_eoi_mfn", "pirq_eoi_auto_unmask")
 DOMAIN_REBUILT = ("config", "host", "name", "image", "symbols", "layout", "start_info_va", "store", "hypercalls",
-                  "foreign_mapped",
+                  "foreign_mapped", "disks",
                   "hv_console_sink", "hypercall_observers", "trace_sinks", "fault_injector", "on_final", "on_idle",
                   "_pause_requested", "_interrupted", "budget_exhausted", "hang_checks", "hang_reason", "_shared_info", "internal_traceback",
                   "idle_follows_host")
@@ -61,6 +61,8 @@ def capture_header(domain: "Domain") -> tuple[dict[str, Any], dict[str, bytes]]:
         raise SnapshotError("cannot snapshot a --realtime domain: its clock follows the host")
     if not isinstance(domain, Guest) or domain.image is None:
         raise SnapshotError("cannot snapshot a domain not built by the toolstack (Domain.from_elf)")
+    if domain.disks:
+        raise SnapshotError("cannot snapshot a domain with disks (their backends' state is not carried)")
     try:
         record, sections = domain.save()
     except StateError as e:

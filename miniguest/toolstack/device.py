@@ -101,6 +101,22 @@ def device_generic_add(store: "Dom0Store", domid: int, kind: str, devid: int, ba
                 raise
 
 
+def path_cleanup(t, path: str) -> None:
+    """libxl__xs_path_cleanup: remove `path`, then each parent that is left empty (no value, no children)."""
+    try:
+        t.rm(path)
+    except XenstoreError:
+        return
+    while "/" in path.strip("/"):
+        path = path.rsplit("/", 1)[0]
+        try:
+            if t.read(path) != b"" or t.ls(path):
+                return
+            t.rm(path)
+        except XenstoreError:
+            return
+
+
 def device_destroy(store: "Dom0Store", domid: int, kind: str, devid: int) -> None:
     """libxl__device_destroy: remove the frontend, backend and libxl directories (the backend's watch sees
     its directory go)."""
@@ -113,7 +129,7 @@ def device_destroy(store: "Dom0Store", domid: int, kind: str, devid: int) -> Non
         try:
             with store.transaction() as t:
                 for path in (frontend_path(domid, kind, devid), be, lx):
-                    _rm(t, path)
+                    path_cleanup(t, path)
             return
         except XenstoreError as err:
             if err.name != "EAGAIN" or attempt == 15:

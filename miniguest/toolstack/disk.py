@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from miniguest.toolstack.device import device_generic_add
+from miniguest.toolstack.xlcfg import ConfigError
 
 if TYPE_CHECKING:
     from miniguest.backends.xenstore import Dom0Store
@@ -31,7 +32,7 @@ FORMATS = ("raw", "qcow", "qcow2", "vhd", "qed")
 QEMU_IMG_TIMEOUT = 600
 
 
-class DiskError(Exception):
+class DiskError(ConfigError):
     """A disk that cannot be given to the guest: the message is one line for the user."""
 
 

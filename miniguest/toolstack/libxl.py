@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from miniguest import samples
+from miniguest.backends.blkback import Blkback
 from miniguest.backends.console import HV, RING, ConsoleBackend, ConsoleLog
 from miniguest.backends.xenbus import BUS_SERVICE, XenbusBackendBus
 from miniguest.backends.xenstore import Dom0Store, XenstoreDaemon, populate_domain
 from miniguest.hypervisor.host import Domain, DomainConfig, Host
 from miniguest.hypervisor.save import Fields
 from miniguest.toolstack.device import devices_destroy
+from miniguest.toolstack.disk import (DiskError, DiskSpec, device_disk_add, parse_disk_spec, prepare_disk,
+                                      release_disk)
 from miniguest.toolstack.dom_builder import build_domain
 from miniguest.toolstack.layout import Layout
 from miniguest.toolstack.libelf import ImageError, KernelImage, parse_kernel, read_image_file
@@ -41,6 +44,7 @@ class Guest(Domain):
         self.console_backend: Optional[ConsoleBackend] = None
         self.xenstored: Optional[XenstoreDaemon] = None
         self.store: Optional[Dom0Store] = None
+        self.disks: list[DiskSpec] = []
 
     @classmethod
     def from_elf(cls, path: str, **options: Any) -> "Guest":
@@ -60,6 +64,8 @@ class Guest(Domain):
         bus = self.host.services.get(BUS_SERVICE)
         if isinstance(bus, XenbusBackendBus):
             bus.reporters.pop(self.domid, None)
+        for spec in self.disks:
+            release_disk(spec)
         super().close()
 
     # -- saved state: the domain's, plus dom0's backends (hypervisor/save.py) -----------------------------
@@ -78,6 +84,22 @@ class Guest(Domain):
         self.console_backend.restore(console.sub("backend"))
         self.console.restore(console.sub("log"))
         self.xenstored.restore_domain(self.domid, backends.sub("xenstore"))
+
+
+def prepare_disks(disks: Sequence[Union[str, DiskSpec]]) -> list[DiskSpec]:
+    """Parse and check every disk (the hotplug step); DiskError for the first that cannot be used."""
+    specs: list[DiskSpec] = []
+    try:
+        for disk in disks:
+            spec = parse_disk_spec(disk) if isinstance(disk, str) else disk
+            if any(s.devid == spec.devid for s in specs):
+                raise DiskError(f"disk {spec.target}: vdev {spec.vdev} is given to another disk already")
+            specs.append(prepare_disk(spec))
+    except BaseException:
+        for spec in specs:
+            release_disk(spec)
+        raise
+    return specs
 
 
 def _xenstored(host: Host) -> XenstoreDaemon:
@@ -110,10 +132,12 @@ def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str
                   store_socket: Optional[str] = None, wallclock: Optional[tuple[int, int]] = None,
                   poison_memory: bool = False, realtime: bool = False, image_data: Optional[bytes] = None,
                   maxmem: Optional[int] = None, uuid: Optional[str] = None, max_time: Optional[float] = None,
-                  vifs: Optional[list] = None,
+                  vifs: Optional[list] = None, disks: Sequence[Union[str, DiskSpec]] = (),
                   **extra: Any) -> Guest:
     # image_data: the kernel file's bytes (snapshot restore), else read. A bzImage may decompress to at most
-    # the guest's memory (without a memory size: the most a domain may have).
+    # the guest's memory (without a memory size: the most a domain may have). disks: xl DISKSPEC strings or
+    # DiskSpecs, checked (the block hotplug step) before anything is built: DiskError (one line) for an image
+    # the guest cannot have.
     if image_data is None and not os.path.exists(kernel):
         kernel = samples.path(kernel) or kernel          # a bundled sample by name ("hello")
     if max_time is not None and not max_time >= 0:
@@ -136,8 +160,15 @@ def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str
                           extra=dict(extra))
     if wallclock is not None:
         config.wallclock = wallclock
-    domain, builder = build_domain(image, config, host, Guest)
+    disk_specs = prepare_disks(disks)
+    try:
+        domain, builder = build_domain(image, config, host, Guest)
+    except BaseException:
+        for spec in disk_specs:
+            release_disk(spec)
+        raise
     assert isinstance(domain, Guest)
+    domain.disks = disk_specs
     if wallclock is None and realtime:
         # --realtime: the guest's time of day is the host's, as Xen's wallclock is dom0's (the time of day
         # at system time 0, which is when the domain's clock started).
@@ -184,6 +215,10 @@ def create_domain(kernel: str, *, memory_mib: Optional[int] = None, cmdline: str
     domain.on_final.append(lambda d: d.destroy_devices())
     if vifs:
         add_vifs(domain, vifs)          # network interfaces (toolstack/network.py): ConfigError if unusable
+    if disk_specs:
+        bus.register_driver(Blkback())
+        for spec in disk_specs:
+            device_disk_add(daemon.dom0, domain.domid, spec)
     if store_socket:
         daemon.listen_unix(store_socket, host.loop)
     return domain

@@ -2,7 +2,9 @@
 
 Lines are `key = value` with Python-like literals: "strings" or 'strings', integers, [lists]. Comments start
 with '#'. Known keys: kernel, memory, maxmem, vcpus, name, cmdline, extra, root, ramdisk, on_poweroff,
-on_reboot, on_crash, on_watchdog. A relative kernel or ramdisk path is relative to the file's directory.
+on_reboot, on_crash, on_watchdog, disk (xl-disk-configuration(5) strings). A relative kernel or ramdisk path
+is relative to the file's directory; a disk target that does not start with '/' gets /dev/ prepended, as xl
+does.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class XlConfig:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     on_watchdog: str = "destroy"
+    disks: list[str] = field(default_factory=list)
     other: dict[str, object] = field(default_factory=dict)
 
 
@@ -119,5 +122,12 @@ def parse_xl_config(path: str) -> XlConfig:
             if action not in ACTIONS:
                 raise ConfigError(f"{path}: {key}={str(action)[:64]!r} is not one of {', '.join(ACTIONS)}")
             setattr(cfg, key, action)
+    if "disk" in values:
+        disks = values.pop("disk")
+        if isinstance(disks, str):
+            disks = [disks]
+        if not isinstance(disks, list) or not all(isinstance(d, str) for d in disks):
+            raise ConfigError(f"{path}: disk must be a list of disk specification strings")
+        cfg.disks = [_text(path, "disk", d) for d in disks]
     cfg.other = values
     return cfg
